@@ -1,0 +1,100 @@
+// The fallback backend: a few threads issuing pread(2), for when io_uring is unavailable.
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <thread>
+
+#include "worker.h"
+
+namespace chainio {
+
+namespace {
+
+class PreadWorker final : public Worker {
+public:
+    explicit PreadWorker(const WorkerConfig& config) {
+        size_t threads = std::min<size_t>({size_t{config.queue_depth}, size_t{4}, config.chunk_count});
+        if (threads == 0) threads = 1;
+        for (size_t i = 0; i < threads; ++i) {
+            // Each thread owns one chunk for bounces; the slice always has at least one.
+            std::byte* chunk = config.pool->chunk(config.first_chunk + i % config.chunk_count);
+            threads_.emplace_back([this, chunk] { run(chunk); });
+        }
+    }
+
+    ~PreadWorker() override {
+        stop_.store(true, std::memory_order_release);
+        wake();
+        for (auto& t : threads_) t.join();
+    }
+
+protected:
+    void wake() override {
+        { std::lock_guard lock(inbox_mu_); }  // pairs with the predicate check in run()
+        cv_.notify_all();
+    }
+
+private:
+    void run(std::byte* chunk) {
+        register_thread();
+        std::vector<Op> batch;
+        for (;;) {
+            {
+                std::unique_lock lock(inbox_mu_);
+                cv_.wait(lock, [this] { return stop_.load() || next_ < inbox_.size(); });
+                if (stop_.load() && next_ >= inbox_.size()) return;
+                // Threads take ops one at a time so a large batch spreads over all of them.
+                batch.push_back(std::move(inbox_[next_++]));
+                if (next_ == inbox_.size()) {
+                    inbox_.clear();
+                    next_ = 0;
+                }
+            }
+            for (auto& op : batch) execute(op, chunk);
+            batch.clear();
+        }
+    }
+
+    void execute(Op& op, std::byte* chunk) {
+        if (stop_.load(std::memory_order_acquire)) return cancel_op(op);
+        if (op.kind == OpKind::kBounce) op.chunk = chunk;
+        for (;;) {
+            if (op.req->failed.load(std::memory_order_acquire)) return finish_op(op, false, false);
+            long r;
+            switch (op.kind) {
+                case OpKind::kDirect:
+                    r = pread(op.file->direct_fd, op.dst, op.len, static_cast<off_t>(op.file_off));
+                    break;
+                case OpKind::kBounce:
+                    r = pread(op.file->direct_fd, op.chunk + op.filled, op.len,
+                              static_cast<off_t>(op.file_off));
+                    break;
+                default:
+                    r = pread(op.file->fd, op.dst, op.len, static_cast<off_t>(op.file_off));
+                    break;
+            }
+            if (r < 0) r = -errno;
+            bool retried = false;
+            OpStep step = advance_op(op, r, retried);
+            if (step == OpStep::kAgain) {
+                counters_.retries.fetch_add(1, std::memory_order_relaxed);
+                continue;
+            }
+            op.chunk = nullptr;
+            return finish_op(op, step == OpStep::kDone, false);
+        }
+    }
+
+    std::condition_variable cv_;
+    size_t next_ = 0;  // guarded by inbox_mu_: first op of inbox_ not yet taken
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Worker> make_pread_worker(const WorkerConfig& config) {
+    return std::make_unique<PreadWorker>(config);
+}
+
+}  // namespace chainio

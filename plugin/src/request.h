@@ -1,0 +1,74 @@
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "chainio/engine.h"
+#include "file.h"
+
+namespace chainio {
+
+namespace detail {
+
+/// Shared state of one read() call. Ops report into it from worker threads; handles wait on it.
+struct Request {
+    uint64_t bytes_total = 0;
+    std::atomic<uint64_t> bytes_done{0};
+    std::atomic<uint64_t> ops_left{0};
+    std::atomic<bool> failed{false};
+    std::vector<std::shared_ptr<FileRef>> files;  // kept open until the request ends
+
+    std::mutex mu;
+    std::condition_variable cv;
+    bool finished = false;  // guarded by mu
+    Status status;          // guarded by mu; first error wins
+
+    /// Records an error (the first one is kept); remaining ops of the request are skipped.
+    void fail(Status st);
+    /// Called once per op when it ends (successfully or not).
+    void op_ended(uint64_t bytes);
+    /// Marks a request with no ops as finished.
+    void finish_now();
+};
+
+}  // namespace detail
+
+enum class OpKind : uint8_t {
+    kDirect,    // O_DIRECT straight into dst: file_off, dst and len all dio-aligned
+    kBuffered,  // page cache read into dst
+    kBounce,    // O_DIRECT of an aligned range into a pool chunk, then copy out
+};
+
+/// One read of at most io_bytes. Owned by exactly one worker at a time.
+struct Op {
+    std::shared_ptr<detail::Request> req;
+    const FileRef* file = nullptr;
+    OpKind kind = OpKind::kBuffered;
+    uint64_t file_off = 0;   // next file offset to read
+    uint32_t len = 0;        // bytes left to read at file_off (kBounce: left of the aligned range)
+    std::byte* dst = nullptr;  // kDirect/kBuffered: where file_off lands; kBounce: copy target
+    uint32_t copy_skip = 0;  // kBounce: bytes at the start of the aligned range not wanted
+    uint32_t copy_len = 0;   // kBounce: bytes wanted
+    uint32_t filled = 0;     // kBounce: bytes in the chunk so far
+    std::byte* chunk = nullptr;  // kBounce: pool chunk, assigned by the worker
+    uint32_t payload = 0;    // bytes this op delivers to the caller
+    uint16_t retries = 0;
+};
+
+/// Splits one extent into ops following `mode` (kDirect or kBuffered, already resolved).
+void plan_extent(const ReadExtent& extent, const FileRef& file, IoMode mode, size_t io_bytes,
+                 const std::shared_ptr<detail::Request>& req, std::vector<Op>& out);
+
+/// Outcome of feeding a completion to an op.
+enum class OpStep { kDone, kAgain, kFailed };
+
+/// Applies a read result (bytes or -errno) to `op`: advances it, copies bounce data out,
+/// and decides whether it is done, must be resubmitted, or failed (the request is failed then).
+/// `retried` is set when a short read, EINTR or EAGAIN made it resubmit.
+OpStep advance_op(Op& op, long res, bool& retried);
+
+}  // namespace chainio
