@@ -1,0 +1,233 @@
+// chainio_torch._C: the engine seen from Python. Blocking calls release the GIL; errors become
+// ValueError (bad input, EINVAL) or the OSError subclass matching the errno.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <optional>
+
+#include "chainio/engine.h"
+
+namespace py = pybind11;
+using chainio::Backend;
+using chainio::Engine;
+using chainio::IoMode;
+using chainio::ReadExtent;
+using chainio::ReadHandle;
+using chainio::Status;
+
+namespace {
+
+[[noreturn]] void raise_status(const Status& st) {
+    if (st.code() == -EINVAL) throw py::value_error(st.message());
+    // OSError(errno, text) picks the subclass itself (ENOENT -> FileNotFoundError, ...).
+    std::string text = st.message() + ": " + std::strerror(st.error_number());
+    PyObject* exc = PyObject_CallFunction(PyExc_OSError, "is", st.error_number(), text.c_str());
+    if (exc != nullptr) {
+        PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
+        Py_DECREF(exc);
+    }
+    throw py::error_already_set();
+}
+
+IoMode parse_mode(const std::string& mode) {
+    if (mode == "auto") return IoMode::kAuto;
+    if (mode == "direct") return IoMode::kDirect;
+    if (mode == "buffered") return IoMode::kBuffered;
+    throw py::value_error("mode must be 'auto', 'direct' or 'buffered', got '" + mode + "'");
+}
+
+Backend parse_backend(const std::string& backend) {
+    if (backend == "auto") return Backend::kAuto;
+    if (backend == "io_uring") return Backend::kIoUring;
+    if (backend == "pread") return Backend::kPread;
+    throw py::value_error("backend must be 'auto', 'io_uring' or 'pread', got '" + backend + "'");
+}
+
+// A path (str / os.PathLike) or an open file descriptor (int).
+void set_source(ReadExtent& e, const py::handle& src) {
+    if (py::isinstance<py::int_>(src)) {
+        int fd = src.cast<int>();
+        if (fd < 0) throw py::value_error("file descriptor must be >= 0");
+        e.fd = fd;
+        return;
+    }
+    py::object path = py::module_::import("os").attr("fspath")(src);
+    if (!py::isinstance<py::str>(path)) throw py::value_error("path must be str, os.PathLike or an int fd");
+    e.path = path.cast<std::string>();
+    if (e.path.empty()) throw py::value_error("empty path");
+}
+
+uint64_t checked_u64(long long v, const char* what) {
+    if (v < 0) throw py::value_error(std::string(what) + " must be >= 0, got " + std::to_string(v));
+    return static_cast<uint64_t>(v);
+}
+
+/// A handle plus the Python objects whose memory it writes into.
+struct PyReadHandle {
+    ReadHandle handle;
+    py::object keepalive;
+
+    uint64_t wait(std::optional<double> timeout) {
+        Status st;
+        {
+            py::gil_scoped_release release;
+            st = timeout ? handle.wait_for(std::chrono::milliseconds(
+                               static_cast<long long>(*timeout * 1000.0)))
+                         : handle.wait();
+        }
+        if (st.code() == -ETIMEDOUT && !handle.done()) {
+            PyErr_SetString(PyExc_TimeoutError, st.message().c_str());
+            throw py::error_already_set();
+        }
+        if (!st.is_ok()) raise_status(st);
+        return handle.bytes_done();
+    }
+};
+
+uint64_t run_sync(Engine& engine, std::vector<ReadExtent> extents, IoMode mode) {
+    Status st;
+    uint64_t total = 0;
+    for (auto& e : extents) total += e.length;
+    {
+        py::gil_scoped_release release;
+        st = engine.read_sync(extents, {mode});
+    }
+    if (!st.is_ok()) raise_status(st);
+    return total;
+}
+
+py::dict stats_dict(const chainio::EngineStats& s) {
+    py::dict d;
+    d["bytes_read"] = s.bytes_read;
+    d["requests"] = s.requests;
+    d["ops"] = s.ops;
+    d["direct_ops"] = s.direct_ops;
+    d["bounce_ops"] = s.bounce_ops;
+    d["buffered_ops"] = s.buffered_ops;
+    d["fixed_ops"] = s.fixed_ops;
+    d["retries"] = s.retries;
+    d["enter_calls"] = s.enter_calls;
+    d["syscalls_avoided"] = s.syscalls_avoided;
+    d["busy_ns"] = s.busy_ns;
+    d["idle_ns"] = s.idle_ns;
+    return d;
+}
+
+py::dict info_dict(const chainio::EngineInfo& i) {
+    py::dict d;
+    d["backend"] = chainio::to_string(i.backend);
+    d["workers"] = i.workers;
+    d["queue_depth"] = i.queue_depth;
+    d["io_bytes"] = i.io_bytes;
+    d["pool_bytes"] = i.pool_bytes;
+    d["hugetlb_pool"] = i.hugetlb_pool;
+    d["registered_buffers"] = i.registered_buffers;
+    d["single_issuer"] = i.single_issuer;
+    d["notes"] = i.notes;
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "ChainIO engine: io_uring storage reads into caller memory";
+    m.attr("__version__") = CHAINIO_VERSION;
+
+    py::class_<PyReadHandle>(m, "ReadHandle", "A submitted read; keeps its destinations alive.")
+        .def("wait", &PyReadHandle::wait, py::arg("timeout") = py::none(),
+             "Block until done; returns bytes read. Raises OSError/ValueError on failure, "
+             "TimeoutError if `timeout` seconds pass first.")
+        .def_property_readonly("done", [](const PyReadHandle& h) { return h.handle.done(); })
+        .def_property_readonly("bytes_done", [](const PyReadHandle& h) { return h.handle.bytes_done(); })
+        .def_property_readonly("bytes_total", [](const PyReadHandle& h) { return h.handle.bytes_total(); });
+
+    py::class_<Engine>(m, "Engine", "W workers, each owning one io_uring, sharing one buffer pool.")
+        .def(py::init([](unsigned workers, size_t pool_bytes, size_t io_bytes, unsigned queue_depth,
+                         const std::string& backend, bool register_buffers) {
+                 chainio::EngineOptions opt;
+                 opt.workers = workers;
+                 opt.pool_bytes = pool_bytes;
+                 opt.io_bytes = io_bytes;
+                 opt.queue_depth = queue_depth;
+                 opt.backend = parse_backend(backend);
+                 opt.register_buffers = register_buffers;
+                 auto e = Engine::create(opt);
+                 if (!e) raise_status(e.status());
+                 return std::move(e).value();
+             }),
+             py::arg("workers") = 0, py::arg("pool_bytes") = size_t{64} << 20,
+             py::arg("io_bytes") = size_t{1} << 20, py::arg("queue_depth") = 32,
+             py::arg("backend") = "auto", py::arg("register_buffers") = true)
+        .def(
+            "read_into",
+            [](Engine& engine, const py::handle& source, const py::buffer& dest, long long offset,
+               std::optional<long long> length, const std::string& mode) {
+                py::buffer_info info = dest.request(true);  // raises BufferError if read-only
+                if (!PyBuffer_IsContiguous(info.view(), 'C')) {
+                    throw py::value_error("destination buffer must be C-contiguous");
+                }
+                const auto capacity = static_cast<uint64_t>(info.size * info.itemsize);
+                ReadExtent e;
+                set_source(e, source);
+                e.offset = checked_u64(offset, "offset");
+                e.length = length ? checked_u64(*length, "length") : capacity;
+                if (e.length > capacity) {
+                    throw py::value_error("length " + std::to_string(e.length) +
+                                          " exceeds the destination's " + std::to_string(capacity) + " bytes");
+                }
+                e.dst = info.ptr;
+                return run_sync(engine, {e}, parse_mode(mode));
+            },
+            py::arg("source"), py::arg("dest"), py::arg("offset") = 0, py::arg("length") = py::none(),
+            py::arg("mode") = "auto",
+            "Read `length` bytes (default: the destination's size) at `offset` of `source` (path or "
+            "fd) into the writable buffer `dest`. Returns the bytes read.")
+        .def(
+            "read_into_address",
+            [](Engine& engine, const py::handle& source, uintptr_t address, long long length,
+               long long offset, const std::string& mode) {
+                ReadExtent e;
+                set_source(e, source);
+                e.length = checked_u64(length, "length");
+                e.offset = checked_u64(offset, "offset");
+                if (address == 0 && e.length > 0) throw py::value_error("address is 0");
+                e.dst = reinterpret_cast<void*>(address);
+                return run_sync(engine, {e}, parse_mode(mode));
+            },
+            py::arg("source"), py::arg("address"), py::arg("length"), py::arg("offset") = 0,
+            py::arg("mode") = "auto",
+            "Like read_into for raw memory (e.g. tensor.data_ptr()); the caller guarantees "
+            "`length` writable bytes at `address`.")
+        .def(
+            "submit",
+            [](Engine& engine, const py::list& extents, const std::string& mode, py::object keepalive) {
+                std::vector<ReadExtent> list;
+                list.reserve(extents.size());
+                for (const auto& item : extents) {
+                    auto t = item.cast<py::tuple>();
+                    if (t.size() != 4) throw py::value_error("extent must be (source, offset, length, address)");
+                    ReadExtent e;
+                    set_source(e, t[0]);
+                    e.offset = checked_u64(t[1].cast<long long>(), "offset");
+                    e.length = checked_u64(t[2].cast<long long>(), "length");
+                    auto address = t[3].cast<uintptr_t>();
+                    if (address == 0 && e.length > 0) throw py::value_error("address is 0");
+                    e.dst = reinterpret_cast<void*>(address);
+                    list.push_back(std::move(e));
+                }
+                IoMode m = parse_mode(mode);
+                chainio::Result<ReadHandle> h = Status(EINVAL, "unset");
+                {
+                    py::gil_scoped_release release;
+                    h = engine.read(list, {m});
+                }
+                if (!h) raise_status(h.status());
+                return PyReadHandle{*h, std::move(keepalive)};
+            },
+            py::arg("extents"), py::arg("mode") = "auto", py::arg("keepalive") = py::none(),
+            "Submit [(source, offset, length, address), ...] and return a ReadHandle at once. "
+            "`keepalive` is held until the handle is dropped (pass the destination owners).")
+        .def("stats", [](const Engine& e) { return stats_dict(e.stats()); })
+        .def("info", [](const Engine& e) { return info_dict(e.info()); });
+}
