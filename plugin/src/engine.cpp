@@ -141,13 +141,17 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
     }
     info.backend = backend;
 
+    // Hot reads: the last worker streams aligned ops with O_DIRECT while the others copy from
+    // the page cache (copies are CPU-bound, the device is idle); needs a second worker.
+    info.hybrid_hot_reads = opt.hybrid_hot_reads && opt.workers >= 2 &&
+                            !env_disables("CHAINIO_HYBRID_HOT_READS");
     const size_t per_worker = engine->pool_->chunk_count() / opt.workers;
     bool all_registered = backend == Backend::kIoUring && opt.register_buffers;
     bool all_single_issuer = backend == Backend::kIoUring;
     int register_error = 0;
     for (unsigned i = 0; i < opt.workers; ++i) {
         WorkerConfig wc{i, engine->pool_.get(), i * per_worker, per_worker, opt.queue_depth,
-                        opt.register_buffers};
+                        opt.register_buffers, info.hybrid_hot_reads && i + 1 == opt.workers};
         if (backend == Backend::kPread) {
             engine->workers_.push_back(make_pread_worker(wc));
             continue;
@@ -220,37 +224,35 @@ Result<ReadHandle> Engine::read(const std::vector<ReadExtent>& extents, const Re
         extent_file[i] = &f;
     }
 
-    std::vector<Op> ops;
+    std::vector<Op>& ops = req->ops;
     for (size_t i = 0; i < extents.size(); ++i) {
         const ReadExtent& e = extents[i];
         const FileRef& f = *extent_file[i];
-        IoMode mode = options.mode;
+        PlanMode plan = options.mode == IoMode::kBuffered ? PlanMode::kBuffered : PlanMode::kDirect;
         if (f.direct_fd < 0) {
-            mode = IoMode::kBuffered;
-        } else if (mode == IoMode::kAuto) {
-            mode = cached_fraction(f, e.offset, e.length) >= kBufferedWhenCached ? IoMode::kBuffered
-                                                                                 : IoMode::kDirect;
+            plan = PlanMode::kBuffered;
+        } else if (options.mode == IoMode::kAuto &&
+                   cached_fraction(f, e.offset, e.length) >= kBufferedWhenCached) {
+            plan = info_.hybrid_hot_reads ? PlanMode::kHybrid : PlanMode::kBuffered;
         }
-        plan_extent(e, f, mode, info_.io_bytes, req, ops);
+        plan_extent(e, f, plan, info_.io_bytes, ops);
         req->bytes_total += e.length;
     }
 
     ReadHandle handle(req);
+    requests_.fetch_add(1, std::memory_order_relaxed);
     if (ops.empty()) {
         req->finish_now();
         return handle;
     }
     req->ops_left.store(ops.size(), std::memory_order_relaxed);
 
-    // Deal ops round-robin so one large extent keeps every worker's ring busy.
+    // Offer the request to as many workers as it has ops (all of them for large reads); they
+    // pull ops from its cursor, so a worker that runs faster takes a larger share.
     const size_t w = workers_.size();
-    std::vector<std::vector<Op>> per_worker(w);
+    const size_t offer = std::min(w, ops.size());
     unsigned first = next_worker_.fetch_add(1, std::memory_order_relaxed);
-    for (size_t i = 0; i < ops.size(); ++i) per_worker[(first + i) % w].push_back(std::move(ops[i]));
-    for (size_t i = 0; i < w; ++i) {
-        if (!per_worker[i].empty()) workers_[i]->enqueue(std::move(per_worker[i]));
-    }
-    requests_.fetch_add(1, std::memory_order_relaxed);
+    for (size_t i = 0; i < offer; ++i) workers_[(first + i) % w]->enqueue(req);
     return handle;
 }
 

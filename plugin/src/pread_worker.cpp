@@ -14,6 +14,7 @@ namespace {
 class PreadWorker final : public Worker {
 public:
     explicit PreadWorker(const WorkerConfig& config) {
+        direct_role_ = config.direct_role;
         size_t threads = std::min<size_t>({size_t{config.queue_depth}, size_t{4}, config.chunk_count});
         if (threads == 0) threads = 1;
         for (size_t i = 0; i < threads; ++i) {
@@ -38,21 +39,21 @@ protected:
 private:
     void run(std::byte* chunk) {
         register_thread();
-        std::vector<Op> batch;
         for (;;) {
+            Op op;
             {
                 std::unique_lock lock(inbox_mu_);
-                cv_.wait(lock, [this] { return stop_.load() || next_ < inbox_.size(); });
-                if (stop_.load() && next_ >= inbox_.size()) return;
-                // Threads take ops one at a time so a large batch spreads over all of them.
-                batch.push_back(std::move(inbox_[next_++]));
-                if (next_ == inbox_.size()) {
-                    inbox_.clear();
-                    next_ = 0;
+                for (;;) {
+                    take_inbox_locked();
+                    if (stop_.load()) {
+                        cancel_unclaimed();
+                        return;
+                    }
+                    if (claim(op)) break;
+                    cv_.wait(lock, [this] { return stop_.load() || !inbox_.empty(); });
                 }
             }
-            for (auto& op : batch) execute(op, chunk);
-            batch.clear();
+            execute(op, chunk);
         }
     }
 
@@ -87,7 +88,6 @@ private:
     }
 
     std::condition_variable cv_;
-    size_t next_ = 0;  // guarded by inbox_mu_: first op of inbox_ not yet taken
     std::vector<std::thread> threads_;
 };
 

@@ -33,15 +33,14 @@ namespace {
 uint64_t align_down(uint64_t v, uint64_t a) { return v / a * a; }
 uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
-void push_simple(std::vector<Op>& out, const std::shared_ptr<detail::Request>& req,
-                 const FileRef& file, OpKind kind, uint64_t off, uint64_t len, std::byte* dst,
-                 size_t io_bytes) {
+void push_simple(std::vector<Op>& out, const FileRef& file, OpKind kind, bool flex, uint64_t off,
+                 uint64_t len, std::byte* dst, size_t io_bytes) {
     while (len > 0) {
         uint64_t n = std::min<uint64_t>(len, io_bytes);
         Op op;
-        op.req = req;
         op.file = &file;
         op.kind = kind;
+        op.flex = flex;
         op.file_off = off;
         op.len = static_cast<uint32_t>(n);
         op.payload = op.len;
@@ -54,9 +53,8 @@ void push_simple(std::vector<Op>& out, const std::shared_ptr<detail::Request>& r
 }
 
 // Covers [off, off+len) with aligned reads into pool chunks of io_bytes.
-void push_bounce(std::vector<Op>& out, const std::shared_ptr<detail::Request>& req,
-                 const FileRef& file, uint64_t off, uint64_t len, std::byte* dst,
-                 size_t io_bytes) {
+void push_bounce(std::vector<Op>& out, const FileRef& file, uint64_t off, uint64_t len,
+                 std::byte* dst, size_t io_bytes) {
     const uint64_t a = file.dio_align;
     const uint64_t end = off + len;
     while (off < end) {
@@ -64,7 +62,6 @@ void push_bounce(std::vector<Op>& out, const std::shared_ptr<detail::Request>& r
         uint64_t alen = std::min<uint64_t>(io_bytes, align_up(end, a) - aoff);
         uint64_t take = std::min<uint64_t>(end, aoff + alen) - off;
         Op op;
-        op.req = req;
         op.file = &file;
         op.kind = OpKind::kBounce;
         op.file_off = aoff;
@@ -81,37 +78,41 @@ void push_bounce(std::vector<Op>& out, const std::shared_ptr<detail::Request>& r
 
 }  // namespace
 
-void plan_extent(const ReadExtent& extent, const FileRef& file, IoMode mode, size_t io_bytes,
-                 const std::shared_ptr<detail::Request>& req, std::vector<Op>& out) {
+void plan_extent(const ReadExtent& extent, const FileRef& file, PlanMode mode, size_t io_bytes,
+                 std::vector<Op>& out) {
     auto* dst = static_cast<std::byte*>(extent.dst);
     const uint64_t off = extent.offset;
     const uint64_t len = extent.length;
     if (len == 0) return;
-    if (mode != IoMode::kDirect) {
-        push_simple(out, req, file, OpKind::kBuffered, off, len, dst, io_bytes);
-        return;
-    }
     const uint64_t a = file.dio_align;
     const uint64_t end = off + len;
     const auto addr = reinterpret_cast<uintptr_t>(dst);
     // Memory and file offsets share their misalignment: the aligned middle can go straight into
-    // the destination, only the head and tail bounce. Otherwise everything bounces.
-    if ((addr - off) % a != 0) {
-        push_bounce(out, req, file, off, len, dst, io_bytes);
-        return;
-    }
+    // the destination; only the head and tail need the page cache or a bounce.
+    const bool coaligned = file.direct_fd >= 0 && (addr - off) % a == 0;
     uint64_t body_begin = align_up(off, a);
     uint64_t body_end = align_down(end, a);
-    if (body_begin >= body_end) {
-        push_bounce(out, req, file, off, len, dst, io_bytes);
+    if (mode == PlanMode::kBuffered || !coaligned || body_begin >= body_end) {
+        if (mode == PlanMode::kDirect) {
+            push_bounce(out, file, off, len, dst, io_bytes);
+        } else {
+            push_simple(out, file, OpKind::kBuffered, false, off, len, dst, io_bytes);
+        }
         return;
     }
-    if (off < body_begin) push_bounce(out, req, file, off, body_begin - off, dst, io_bytes);
-    push_simple(out, req, file, OpKind::kDirect, body_begin, body_end - body_begin,
-                dst + (body_begin - off), io_bytes);
-    if (body_end < end) {
-        push_bounce(out, req, file, body_end, end - body_end, dst + (body_end - off), io_bytes);
-    }
+    const bool direct = mode == PlanMode::kDirect;
+    auto edge = [&](uint64_t from, uint64_t to) {
+        if (direct) {
+            push_bounce(out, file, from, to - from, dst + (from - off), io_bytes);
+        } else {
+            push_simple(out, file, OpKind::kBuffered, false, from, to - from, dst + (from - off),
+                        io_bytes);
+        }
+    };
+    if (off < body_begin) edge(off, body_begin);
+    push_simple(out, file, direct ? OpKind::kDirect : OpKind::kBuffered, !direct, body_begin,
+                body_end - body_begin, dst + (body_begin - off), io_bytes);
+    if (body_end < end) edge(body_end, end);
 }
 
 OpStep advance_op(Op& op, long res, bool& retried) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <future>
+#include <optional>
 #include <thread>
 
 #include "log.h"
@@ -30,7 +31,9 @@ unsigned round_pow2(unsigned v) {
 
 class UringWorker final : public Worker {
 public:
-    explicit UringWorker(const WorkerConfig& config) : config_(config) {}
+    explicit UringWorker(const WorkerConfig& config) : config_(config) {
+        direct_role_ = config.direct_role;
+    }
 
     ~UringWorker() override {
         if (thread_.joinable()) {
@@ -116,12 +119,12 @@ private:
         for (;;) {
             if (woken) {
                 woken = false;
-                take_inbox(pending_);
+                take_inbox();
             }
             if (stop_.load(std::memory_order_acquire)) {
-                for (size_t i = head_; i < pending_.size(); ++i) cancel_op(pending_[i]);
-                pending_.clear();
-                head_ = 0;
+                if (stash_) cancel_op(*stash_);
+                stash_.reset();
+                cancel_unclaimed();
                 if (inflight_ == 0) return;
             }
             fill();
@@ -136,33 +139,33 @@ private:
         }
     }
 
-    // Moves pending ops into free slots while the queue depth and the pool slice allow.
+    // Claims ops into free slots while the queue depth and the pool slice allow.
     void fill() {
-        while (head_ < pending_.size() && !free_slots_.empty()) {
-            Op& op = pending_[head_];
-            if (op.req->failed.load(std::memory_order_acquire)) {
-                finish_op(op, false, false);
-                ++head_;
-                continue;
+        while (!free_slots_.empty()) {
+            Op op;
+            if (stash_) {
+                op = std::move(*stash_);
+                stash_.reset();
+                if (op.req->failed.load(std::memory_order_acquire)) {
+                    finish_op(op, false, false);
+                    continue;
+                }
+            } else if (!claim(op)) {
+                return;
             }
             if (op.kind == OpKind::kBounce) {
-                if (free_chunks_.empty()) break;  // backpressure: wait for a chunk to come back
+                if (free_chunks_.empty()) {  // backpressure: wait for a chunk to come back
+                    stash_ = std::move(op);
+                    return;
+                }
                 op.chunk = free_chunks_.back();
                 free_chunks_.pop_back();
             }
             unsigned slot = free_slots_.back();
             free_slots_.pop_back();
             slots_[slot] = std::move(op);
-            ++head_;
             ++inflight_;
             prep(slot);
-        }
-        if (head_ == pending_.size()) {
-            pending_.clear();
-            head_ = 0;
-        } else if (head_ > 4096 && head_ * 2 > pending_.size()) {
-            pending_.erase(pending_.begin(), pending_.begin() + static_cast<long>(head_));
-            head_ = 0;
         }
     }
 
@@ -253,8 +256,7 @@ private:
     std::byte* chunk_base_ = nullptr;
     size_t iov_span_ = 1;
 
-    std::vector<Op> pending_;  // ops not yet submitted, from head_ on
-    size_t head_ = 0;
+    std::optional<Op> stash_;  // claimed, waiting for a pool chunk
     std::vector<Op> slots_;    // ops in flight, indexed by user_data
     std::vector<unsigned> free_slots_;
     std::vector<std::byte*> free_chunks_;

@@ -4,22 +4,51 @@
 
 namespace chainio {
 
-void Worker::enqueue(std::vector<Op>&& ops) {
+void Worker::enqueue(std::shared_ptr<detail::Request> req) {
     {
         std::lock_guard lock(inbox_mu_);
-        if (inbox_.empty()) {
-            inbox_ = std::move(ops);
-        } else {
-            for (auto& op : ops) inbox_.push_back(std::move(op));
-        }
+        inbox_.push_back(std::move(req));
     }
     wake();
 }
 
-void Worker::take_inbox(std::vector<Op>& out) {
+void Worker::take_inbox() {
     std::lock_guard lock(inbox_mu_);
-    for (auto& op : inbox_) out.push_back(std::move(op));
+    take_inbox_locked();
+}
+
+void Worker::take_inbox_locked() {
+    for (auto& req : inbox_) jobs_.push_back(std::move(req));
     inbox_.clear();
+}
+
+bool Worker::claim(Op& out) {
+    while (jobs_head_ < jobs_.size()) {
+        const std::shared_ptr<detail::Request>& job = jobs_[jobs_head_];
+        size_t index = job->next_op.fetch_add(1, std::memory_order_relaxed);
+        if (index >= job->ops.size()) {
+            jobs_[jobs_head_++].reset();
+            if (jobs_head_ == jobs_.size()) {
+                jobs_.clear();
+                jobs_head_ = 0;
+            }
+            continue;
+        }
+        out = job->ops[index];
+        out.req = job;
+        if (job->failed.load(std::memory_order_acquire)) {
+            finish_op(out, false, false);
+            continue;
+        }
+        if (out.flex && direct_role_) out.kind = OpKind::kDirect;
+        return true;
+    }
+    return false;
+}
+
+void Worker::cancel_unclaimed() {
+    Op op;
+    while (claim(op)) cancel_op(op);
 }
 
 void Worker::finish_op(Op& op, bool ok, bool fixed) {

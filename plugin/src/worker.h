@@ -23,6 +23,7 @@ struct WorkerConfig {
     size_t chunk_count = 0;
     unsigned queue_depth = 32;
     bool register_buffers = true;
+    bool direct_role = false;  // runs flexible (hot, aligned) ops as O_DIRECT instead of copies
 };
 
 /// What a worker found when it started.
@@ -32,21 +33,30 @@ struct WorkerInitInfo {
     bool single_issuer = false;
 };
 
-/// Executes ops on its own thread(s). enqueue() is thread-safe; everything else belongs to the
-/// worker's threads. Destroying a worker cancels queued ops (-ECANCELED) and waits for those in
-/// flight.
+/// Executes ops on its own thread(s). Requests are offered to several workers at once; each
+/// worker claims ops from a request's shared cursor as it has room, so fast workers take more
+/// and all finish together. enqueue() is thread-safe; everything else belongs to the worker's
+/// threads. Destroying a worker cancels unclaimed ops (-ECANCELED) and waits for those in flight.
 class Worker {
 public:
     virtual ~Worker() = default;
-    /// Hands ops to the worker; they run in order of arrival, up to queue_depth at once.
-    void enqueue(std::vector<Op>&& ops);
+    /// Offers a request's ops to this worker; requests are served in order of arrival.
+    void enqueue(std::shared_ptr<detail::Request> req);
     /// Adds this worker's counters to `stats`.
     void add_to(EngineStats& stats) const;
 
 protected:
     virtual void wake() = 0;
-    /// Moves everything enqueued so far into `out`.
-    void take_inbox(std::vector<Op>& out);
+    /// Moves requests enqueued so far to the list claim() serves from.
+    void take_inbox();
+    /// The same with inbox_mu_ already held.
+    void take_inbox_locked();
+    /// Claims the next op of the oldest request with ops left, already resolved for this
+    /// worker's role; ends (uncounted) the ops of failed requests on the way. False when none
+    /// is left. Callers serialize calls (the ring thread, or under inbox_mu_).
+    bool claim(Op& out);
+    /// Cancels every unclaimed op of every request this worker was offered.
+    void cancel_unclaimed();
     /// Accounts an op that ended and releases its request reference.
     void finish_op(Op& op, bool ok, bool fixed);
     /// Registers the calling thread for busy/idle accounting.
@@ -55,7 +65,10 @@ protected:
     void cancel_op(Op& op);
 
     std::mutex inbox_mu_;
-    std::vector<Op> inbox_;
+    std::vector<std::shared_ptr<detail::Request>> inbox_;
+    std::vector<std::shared_ptr<detail::Request>> jobs_;  // claimable, oldest first
+    size_t jobs_head_ = 0;
+    bool direct_role_ = false;
     std::atomic<bool> stop_{false};
 
     struct Counters {

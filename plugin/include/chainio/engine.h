@@ -21,7 +21,8 @@ enum class Backend {
 
 /// How file bytes reach memory.
 enum class IoMode {
-    kAuto,      ///< per extent: buffered when most of the range is in the page cache, else direct
+    kAuto,      ///< per extent: page cache when most of it is resident (see hybrid_hot_reads),
+                ///< else O_DIRECT
     kDirect,    ///< O_DIRECT, bouncing unaligned heads/tails through pool chunks
     kBuffered,  ///< through the page cache
 };
@@ -37,6 +38,11 @@ struct EngineOptions {
     unsigned queue_depth = 32;      ///< reads in flight per worker
     Backend backend = Backend::kAuto;
     bool register_buffers = true;   ///< register the pool as io_uring fixed buffers when allowed
+    /// In kAuto mode on data already in the page cache, let one worker read the aligned part
+    /// with O_DIRECT while the others copy from the cache (needs workers >= 2). Page-cache copies
+    /// are CPU-bound while the device sits idle: this adds the device's bandwidth and moves part
+    /// of the bytes by DMA instead of a CPU copy. Disable with CHAINIO_HYBRID_HOT_READS=0.
+    bool hybrid_hot_reads = true;
 };
 
 /// What the engine actually runs, and why (fallbacks are recorded in `notes`).
@@ -49,6 +55,7 @@ struct EngineInfo {
     bool hugetlb_pool = false;
     bool registered_buffers = false;
     bool single_issuer = false;     ///< rings created with SINGLE_ISSUER|DEFER_TASKRUN
+    bool hybrid_hot_reads = false;  ///< see EngineOptions::hybrid_hot_reads
     std::vector<std::string> notes;
 };
 
