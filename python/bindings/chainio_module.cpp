@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "chainio/engine.h"
+#include "chainio/safetensors.h"
 
 namespace py = pybind11;
 using chainio::Backend;
@@ -128,6 +129,31 @@ py::dict info_dict(const chainio::EngineInfo& i) {
     return d;
 }
 
+py::dict header_dict(const chainio::safetensors::Header& h) {
+    py::list tensors;
+    for (const auto& t : h.tensors) {
+        py::list shape;
+        for (uint64_t d : t.shape) shape.append(d);
+        tensors.append(py::make_tuple(t.name, t.dtype, shape, t.begin, t.end));
+    }
+    py::dict d;
+    d["header_bytes"] = h.header_bytes;
+    d["data_offset"] = h.data_offset;
+    d["data_bytes"] = h.data_bytes;
+    d["tensors"] = tensors;
+    if (h.metadata) {
+        py::dict meta;
+        for (const auto& [k, v] : *h.metadata) meta[py::str(k)] = v;
+        d["metadata"] = meta;
+    } else {
+        d["metadata"] = py::none();
+    }
+    auto plan = chainio::safetensors::plan_load(h);
+    d["shift"] = plan.shift;
+    d["buffer_bytes"] = plan.buffer_bytes;
+    return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -230,4 +256,23 @@ PYBIND11_MODULE(_C, m) {
             "`keepalive` is held until the handle is dropped (pass the destination owners).")
         .def("stats", [](const Engine& e) { return stats_dict(e.stats()); })
         .def("info", [](const Engine& e) { return info_dict(e.info()); });
+
+    m.def(
+        "read_safetensors_header",
+        [](const py::handle& path) {
+            ReadExtent e;
+            set_source(e, path);
+            if (e.fd >= 0) throw py::value_error("read_safetensors_header takes a path");
+            chainio::Result<chainio::safetensors::Header> h = Status(EINVAL, "unset");
+            {
+                py::gil_scoped_release release;
+                h = chainio::safetensors::read_header(e.path);
+            }
+            if (!h) raise_status(h.status());
+            return header_dict(h.value());
+        },
+        py::arg("path"),
+        "Parse and validate a safetensors header. Returns data_offset, data_bytes, tensors "
+        "[(name, dtype, shape, begin, end)], metadata (dict or None), and the load plan "
+        "(shift, buffer_bytes). Malformed files raise ValueError naming file, tensor and reason.");
 }

@@ -11,8 +11,21 @@ import threading
 from typing import Optional, Union
 
 from ._C import Engine, ReadHandle, __version__
+from .errors import SafetensorError
 
-__all__ = ["Engine", "ReadHandle", "__version__", "default_engine", "empty_aligned", "read_into"]
+__all__ = [
+    "Engine", "ReadHandle", "SafetensorError", "__version__", "default_engine", "empty_aligned",
+    "load_checkpoint", "load_file", "read_into", "safe_open",
+]
+
+
+def __getattr__(name):
+    # The loaders import torch: load them on first use so `import chainio_torch` stays cheap.
+    if name in ("load_file", "load_checkpoint", "safe_open"):
+        from . import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module 'chainio_torch' has no attribute {name!r}")
 
 PathOrFd = Union[str, os.PathLike, int]
 

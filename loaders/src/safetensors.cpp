@@ -1,0 +1,255 @@
+#include "chainio/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <set>
+
+namespace chainio::safetensors {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+Status bad(const std::string& file, const std::string& why) {
+    return Status(EINVAL, file + ": invalid safetensors header: " + why);
+}
+
+Status bad_tensor(const std::string& file, const std::string& tensor, const std::string& why) {
+    return Status(EINVAL, file + ": tensor '" + tensor + "': " + why);
+}
+
+// Multiplies with an overflow check.
+bool mul(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
+
+Status parse_tensor(const std::string& file, const std::string& name, const Json& v,
+                    uint64_t data_bytes, TensorInfo& out) {
+    if (!v.is_object()) return bad_tensor(file, name, "entry is not an object");
+    auto dtype = v.find("dtype");
+    auto shape = v.find("shape");
+    auto offsets = v.find("data_offsets");
+    if (dtype == v.end() || shape == v.end() || offsets == v.end()) {
+        return bad_tensor(file, name, "needs dtype, shape and data_offsets");
+    }
+    if (!dtype->is_string()) return bad_tensor(file, name, "dtype is not a string");
+    out.name = name;
+    out.dtype = dtype->get<std::string>();
+    const DtypeInfo* info = find_dtype(out.dtype);
+    if (info == nullptr) return bad_tensor(file, name, "unknown dtype '" + out.dtype + "'");
+    out.bits = info->bits;
+    if (!shape->is_array()) return bad_tensor(file, name, "shape is not an array");
+    uint64_t numel = 1;
+    for (const Json& d : *shape) {
+        if (!d.is_number_unsigned()) {
+            return bad_tensor(file, name, "shape has an entry that is not a non-negative integer");
+        }
+        uint64_t dim = d.get<uint64_t>();
+        out.shape.push_back(dim);
+        if (!mul(numel, dim, numel)) return bad_tensor(file, name, "shape overflows 64 bits");
+    }
+    if (!offsets->is_array() || offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
+        !(*offsets)[1].is_number_unsigned()) {
+        return bad_tensor(file, name, "data_offsets must be two non-negative integers");
+    }
+    out.begin = (*offsets)[0].get<uint64_t>();
+    out.end = (*offsets)[1].get<uint64_t>();
+    if (out.begin > out.end) {
+        return bad_tensor(file, name, "data_offsets [" + std::to_string(out.begin) + ", " +
+                                          std::to_string(out.end) + ") end before they begin");
+    }
+    if (out.end > data_bytes) {
+        return bad_tensor(file, name, "data_offsets end at " + std::to_string(out.end) +
+                                          ", past the data region of " +
+                                          std::to_string(data_bytes) + " bytes");
+    }
+    uint64_t bits = 0;
+    if (!mul(numel, info->bits, bits)) return bad_tensor(file, name, "size overflows 64 bits");
+    if (bits % 8 != 0) {
+        return bad_tensor(file, name, std::to_string(numel) + " elements of " + out.dtype +
+                                          " are not a whole number of bytes");
+    }
+    if (bits / 8 != out.nbytes()) {
+        return bad_tensor(file, name, "shape x dtype size is " + std::to_string(bits / 8) +
+                                          " bytes but data_offsets span " +
+                                          std::to_string(out.nbytes()));
+    }
+    return Status::ok();
+}
+
+}  // namespace
+
+const std::vector<DtypeInfo>& all_dtypes() {
+    static const std::vector<DtypeInfo> dtypes = {
+        {"BOOL", 8},       {"U8", 8},          {"I8", 8},          {"F8_E5M2", 8},
+        {"F8_E4M3", 8},    {"F8_E5M2FNUZ", 8}, {"F8_E4M3FNUZ", 8}, {"F8_E8M0", 8},
+        {"I16", 16},       {"U16", 16},        {"F16", 16},        {"BF16", 16},
+        {"I32", 32},       {"U32", 32},        {"F32", 32},        {"F64", 64},
+        {"I64", 64},       {"U64", 64},        {"C64", 64},        {"F4", 4},
+        {"F6_E2M3", 6},    {"F6_E3M2", 6},
+    };
+    return dtypes;
+}
+
+const DtypeInfo* find_dtype(const std::string& name) {
+    for (const DtypeInfo& d : all_dtypes()) {
+        if (name == d.name) return &d;
+    }
+    return nullptr;
+}
+
+Result<Header> parse_header(const uint8_t* prefix, uint64_t prefix_len, uint64_t file_size,
+                            const std::string& name, uint64_t* needed) {
+    if (file_size < 8 || prefix_len < 8) {
+        return bad(name, "file has " + std::to_string(file_size) +
+                             " bytes, fewer than the 8-byte header length");
+    }
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | prefix[i];  // little endian
+    if (n > kMaxHeaderBytes) {
+        return bad(name, "header length " + std::to_string(n) + " exceeds the limit of " +
+                             std::to_string(kMaxHeaderBytes));
+    }
+    if (n > file_size - 8) {
+        return bad(name, "header length " + std::to_string(n) + " runs past the end of the " +
+                             std::to_string(file_size) + "-byte file");
+    }
+    if (prefix_len < 8 + n) {
+        if (needed != nullptr) *needed = 8 + n;
+        return Status(EAGAIN, name + ": need " + std::to_string(8 + n) + " header bytes");
+    }
+    Header h;
+    h.header_bytes = n;
+    h.data_offset = 8 + n;
+    h.data_bytes = file_size - h.data_offset;
+
+    const char* begin = reinterpret_cast<const char*>(prefix + 8);
+    const char* end = begin + n;
+    if (n == 0 || *begin != '{') return bad(name, "header does not start with '{'");
+
+    // nlohmann keeps the last of duplicate keys silently: catch them while parsing.
+    std::vector<std::set<std::string>> keys;
+    std::string duplicate;
+    auto on_event = [&](int depth, Json::parse_event_t event, Json& parsed) {
+        (void)depth;
+        switch (event) {
+            case Json::parse_event_t::object_start:
+                keys.emplace_back();
+                break;
+            case Json::parse_event_t::object_end:
+                keys.pop_back();
+                break;
+            case Json::parse_event_t::key:
+                if (!keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
+                    duplicate = parsed.get<std::string>();
+                }
+                break;
+            default:
+                break;
+        }
+        return true;
+    };
+    Json doc;
+    try {
+        doc = Json::parse(begin, end, on_event);
+    } catch (const Json::exception& e) {
+        return bad(name, std::string("not valid JSON: ") + e.what());
+    }
+    if (!duplicate.empty()) return bad(name, "duplicate key '" + duplicate + "'");
+    if (!doc.is_object()) return bad(name, "not a JSON object");
+
+    for (auto it = doc.begin(); it != doc.end(); ++it) {
+        if (it.key() == "__metadata__") {
+            if (!it->is_object()) return bad(name, "__metadata__ is not an object");
+            std::vector<std::pair<std::string, std::string>> meta;
+            for (auto m = it->begin(); m != it->end(); ++m) {
+                if (!m->is_string()) {
+                    return bad(name, "__metadata__ value of '" + m.key() + "' is not a string");
+                }
+                meta.emplace_back(m.key(), m->get<std::string>());
+            }
+            h.metadata = std::move(meta);
+            continue;
+        }
+        TensorInfo t;
+        CHAINIO_RETURN_IF_ERROR(parse_tensor(name, it.key(), *it, h.data_bytes, t));
+        h.tensors.push_back(std::move(t));
+    }
+
+    // Like the reference implementation: tensors tile the data region exactly, no overlap, no
+    // gap, nothing after the last one.
+    std::vector<const TensorInfo*> by_offset;
+    for (const auto& t : h.tensors) by_offset.push_back(&t);
+    std::stable_sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
+        return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+    });
+    uint64_t covered = 0;
+    for (const TensorInfo* t : by_offset) {
+        if (t->begin < covered) {
+            return bad_tensor(name, t->name, "data_offsets [" + std::to_string(t->begin) + ", " +
+                                                 std::to_string(t->end) +
+                                                 ") overlap the previous tensor, which ends at " +
+                                                 std::to_string(covered));
+        }
+        if (t->begin > covered) {
+            return bad_tensor(name, t->name, "gap in the data region: [" + std::to_string(covered) +
+                                                 ", " + std::to_string(t->begin) +
+                                                 ") belongs to no tensor");
+        }
+        covered = t->end;
+    }
+    if (covered != h.data_bytes) {
+        return bad(name, "the data region has " + std::to_string(h.data_bytes) +
+                             " bytes but the tensors cover " + std::to_string(covered) +
+                             " (truncated or trailing bytes)");
+    }
+    return h;
+}
+
+Result<Header> read_header(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Status::from_errno("open(" + path + ")");
+    struct stat st {};
+    if (fstat(fd, &st) != 0) {
+        Status s = Status::from_errno("fstat(" + path + ")");
+        close(fd);
+        return s;
+    }
+    const auto size = static_cast<uint64_t>(st.st_size);
+    std::vector<uint8_t> buf(std::min<uint64_t>(size, 64 << 10));
+    auto fill = [&](uint64_t want) -> Status {
+        buf.resize(want);
+        uint64_t got = 0;
+        while (got < want) {
+            ssize_t r = pread(fd, buf.data() + got, want - got, static_cast<off_t>(got));
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) return Status::from_errno("read(" + path + ")");
+            if (r == 0) return Status(EIO, path + ": file shrank while reading its header");
+            got += static_cast<uint64_t>(r);
+        }
+        return Status::ok();
+    };
+    Status s = fill(buf.size());
+    uint64_t needed = 0;
+    Result<Header> h = s.is_ok() ? parse_header(buf.data(), buf.size(), size, path, &needed)
+                                 : Result<Header>(s);
+    if (!h && h.status().code() == -EAGAIN && needed > buf.size()) {
+        s = fill(needed);
+        h = s.is_ok() ? parse_header(buf.data(), buf.size(), size, path) : Result<Header>(s);
+    }
+    close(fd);
+    return h;
+}
+
+LoadPlan plan_load(const Header& header) {
+    LoadPlan p;
+    p.shift = header.data_offset % LoadPlan::kBufferAlign;
+    p.file_offset = header.data_offset;
+    p.length = header.data_bytes;
+    p.buffer_bytes = p.shift + header.data_bytes;
+    return p;
+}
+
+}  // namespace chainio::safetensors

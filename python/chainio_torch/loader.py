@@ -1,0 +1,420 @@
+"""Safetensors loading through the ChainIO engine.
+
+The C++ side parses and validates the header (``_C.read_safetensors_header``) and reads the data
+region with io_uring straight into one 4 KiB-aligned buffer per file; tensors are views into that
+buffer at their offsets. Torch objects are only ever made here, in Python: the extension does not
+link libtorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import _C
+from .errors import SafetensorError
+
+PathLike = Union[str, os.PathLike]
+_ALIGN = 4096
+_STAGE_BYTES = 64 << 20
+
+# safetensors dtype -> torch dtype attribute (F4 packs two values per byte, as torch does).
+_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16",
+    "F16": "float16", "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32",
+    "F64": "float64", "I64": "int64", "U64": "uint64", "C64": "complex64",
+    "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn", "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E8M0": "float8_e8m0fnu", "F4": "float4_e2m1fn_x2",
+}
+
+
+@dataclass
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: List[int]
+    begin: int
+    end: int
+
+    def whole_bytes(self) -> bool:
+        """Whether every element fills whole bytes (not F4/F6), so rows can be cut by bytes."""
+        return self.dtype not in ("F4", "F6_E2M3", "F6_E3M2")
+
+
+@dataclass
+class FileHeader:
+    path: str
+    data_offset: int
+    data_bytes: int
+    shift: int
+    buffer_bytes: int
+    tensors: Dict[str, TensorEntry]
+    metadata: Optional[Dict[str, str]]
+    stat: Tuple[int, int, int, int] = field(default=(0, 0, 0, 0))
+
+    @property
+    def file_bytes(self) -> int:
+        return self.data_offset + self.data_bytes
+
+
+def _identity(path: str) -> Tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def read_header(path: PathLike) -> FileHeader:
+    """Parse and validate ``path``'s header (nothing of the data region is read)."""
+    path = os.fspath(path)
+    ident = _identity(path)  # FileNotFoundError / PermissionError carry the path
+    try:
+        h = _C.read_safetensors_header(path)
+    except ValueError as e:
+        raise SafetensorError(str(e)) from None
+    tensors = {name: TensorEntry(name, dtype, list(shape), begin, end)
+               for name, dtype, shape, begin, end in h["tensors"]}
+    return FileHeader(path, h["data_offset"], h["data_bytes"], h["shift"], h["buffer_bytes"],
+                      tensors, h["metadata"], ident)
+
+
+def torch_dtype(entry: TensorEntry, path: str) -> torch.dtype:
+    attr = _DTYPES.get(entry.dtype)
+    dtype = getattr(torch, attr, None) if attr else None
+    if dtype is None:
+        raise SafetensorError(
+            f"{path}: tensor '{entry.name}': dtype {entry.dtype} has no torch equivalent "
+            f"in torch {torch.__version__}")
+    return dtype
+
+
+def _torch_shape(entry: TensorEntry, path: str) -> List[int]:
+    if entry.dtype != "F4":
+        return entry.shape
+    if not entry.shape or entry.shape[-1] % 2:
+        raise SafetensorError(f"{path}: tensor '{entry.name}': F4 needs an even last dimension "
+                              f"to map to torch.float4_e2m1fn_x2, got shape {entry.shape}")
+    return entry.shape[:-1] + [entry.shape[-1] // 2]
+
+
+def aligned_buffer(nbytes: int, device: Union[str, torch.device] = "cpu",
+                   pin_memory: bool = False) -> torch.Tensor:
+    """An uninitialized uint8 tensor of ``nbytes`` starting on a 4 KiB boundary.
+
+    Its pages are not touched here: the read faults them in where the data lands.
+    """
+    raw = torch.empty(nbytes + _ALIGN, dtype=torch.uint8, device=device, pin_memory=pin_memory)
+    skip = -raw.data_ptr() % _ALIGN
+    return raw[skip:skip + nbytes]
+
+
+def view_tensor(buf: torch.Tensor, base: int, entry: TensorEntry, path: str) -> torch.Tensor:
+    """The tensor ``entry`` as a view of ``buf`` (whose byte ``base`` is data offset 0); a copy
+    when its offset is not a multiple of the element size (never a misaligned view)."""
+    dtype = torch_dtype(entry, path)
+    shape = _torch_shape(entry, path)
+    flat = buf[base + entry.begin: base + entry.end]
+    if flat.data_ptr() % dtype.itemsize == 0:
+        return flat.view(dtype).reshape(shape)
+    out = torch.empty(shape, dtype=dtype, device=buf.device)
+    out.reshape(-1).view(torch.uint8).copy_(flat)
+    return out
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bit pattern (NaNs and float8 compare by their bits)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.detach().cpu().contiguous().reshape(-1).view(torch.uint8),
+                       b.detach().cpu().contiguous().reshape(-1).view(torch.uint8))
+
+
+def _check_unchanged(header: FileHeader) -> None:
+    now = _identity(header.path)
+    if now != header.stat:
+        raise OSError(5, f"{header.path}: file changed while loading (size {header.stat[2]} -> "
+                         f"{now[2]}, or replaced/modified); the loaded bytes are discarded")
+
+
+def _engine(engine):
+    from . import default_engine
+
+    return engine or default_engine()
+
+
+def _cpu_buffers(headers: Sequence[FileHeader], engine) -> List[Tuple[torch.Tensor, object]]:
+    """Allocates one aligned buffer per file and submits every data region at once."""
+    out = []
+    for h in headers:
+        buf = aligned_buffer(h.buffer_bytes)
+        handle = engine.submit([(h.path, h.data_offset, h.data_bytes, buf.data_ptr() + h.shift)],
+                               keepalive=buf) if h.data_bytes else None
+        out.append((buf, handle))
+    return out
+
+
+def _wait_all(headers: Sequence[FileHeader], pending, progress: bool, desc: str) -> None:
+    handles = [h for _, h in pending if h is not None]
+    if progress and handles:
+        from tqdm import tqdm
+
+        total = sum(h.bytes_total for h in handles)
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as bar:
+            done = 0
+            while not all(h.done for h in handles):
+                time.sleep(0.05)
+                now = sum(h.bytes_done for h in handles)
+                bar.update(now - done)
+                done = now
+            bar.update(sum(h.bytes_done for h in handles) - done)
+    for h in handles:
+        h.wait()
+    for h in headers:
+        _check_unchanged(h)
+
+
+def _tensors(header: FileHeader, buf: torch.Tensor, base: int, out: Dict[str, torch.Tensor]) -> None:
+    for name in sorted(header.tensors, key=lambda n: header.tensors[n].begin):
+        out[name] = view_tensor(buf, base, header.tensors[name], header.path)
+
+
+def _load_staged(header: FileHeader, device: torch.device, engine, pin: bool,
+                 stage_bytes: int = _STAGE_BYTES) -> Dict[str, torch.Tensor]:
+    """Reads the data region in chunks into two host staging buffers and copies each to
+    ``device`` while the next chunk is read (for GPUs: pinned memory, async copies)."""
+    dest = torch.empty(header.data_bytes, dtype=torch.uint8, device=device)
+    stages = [aligned_buffer(stage_bytes + _ALIGN, pin_memory=pin) for _ in range(2)]
+    cuda = device.type == "cuda"
+    stream = torch.cuda.Stream(device) if cuda else None
+    copied = [None, None]  # per stage: event recorded after its last copy
+    for i, off in enumerate(range(0, header.data_bytes, stage_bytes)):
+        s = i % 2
+        if copied[s] is not None:
+            copied[s].synchronize()  # the stage is free again once its copy has finished
+        n = min(stage_bytes, header.data_bytes - off)
+        shift = (header.data_offset + off) % _ALIGN
+        stage = stages[s]
+        engine.read_into_address(header.path, stage.data_ptr() + shift, n, header.data_offset + off)
+        if cuda:
+            with torch.cuda.stream(stream):
+                dest[off:off + n].copy_(stage[shift:shift + n], non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record(stream)
+                copied[s] = ev
+        else:
+            dest[off:off + n].copy_(stage[shift:shift + n])
+    if cuda:
+        stream.synchronize()
+    _check_unchanged(header)
+    out: Dict[str, torch.Tensor] = {}
+    _tensors(header, dest, 0, out)
+    return out
+
+
+def _resolve_device(device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but torch sees no CUDA device")
+    return dev
+
+
+def load_file(path: PathLike, device: Union[str, torch.device] = "cpu",
+              engine=None) -> Dict[str, torch.Tensor]:
+    """Load every tensor of a safetensors file, like ``safetensors.torch.load_file``.
+
+    Same names, dtypes, shapes and bytes. The data region is read once, with io_uring, into one
+    new aligned buffer; tensors are views of it (or copies, for a tensor whose offset is not a
+    multiple of its element size). ``device="cuda"`` streams through pinned staging buffers.
+
+    Raises ``SafetensorError`` (a ``ValueError``) for a malformed file, ``FileNotFoundError`` /
+    ``PermissionError`` from open, and ``OSError`` if the file changes while it is read.
+    """
+    return _load_many([read_header(path)], device, engine, progress=False)
+
+
+def _load_many(headers: Sequence[FileHeader], device, engine, progress: bool) -> Dict[str, torch.Tensor]:
+    dev = _resolve_device(device)
+    engine = _engine(engine)
+    seen: Dict[str, str] = {}
+    for h in headers:
+        for name in h.tensors:
+            if name in seen:
+                raise SafetensorError(f"tensor '{name}' is in both {seen[name]} and {h.path}")
+            seen[name] = h.path
+    out: Dict[str, torch.Tensor] = {}
+    if dev.type == "cpu":
+        pending = _cpu_buffers(headers, engine)
+        _wait_all(headers, pending, progress, "loading")
+        for h, (buf, _) in zip(headers, pending):
+            _tensors(h, buf, h.shift, out)
+        return out
+    if dev.type == "cuda":
+        for h in headers:
+            out.update(_load_staged(h, dev, engine, pin=True))
+        return out
+    cpu = _load_many(headers, "cpu", engine, progress)
+    return {k: v.to(dev) for k, v in cpu.items()}
+
+
+def checkpoint_files(path: PathLike) -> List[str]:
+    """The safetensors files of a checkpoint: a file, a directory (its index's shards, or every
+    ``*.safetensors`` in it), or a ``*.safetensors.index.json``."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        indexes = sorted(f for f in os.listdir(path) if f.endswith(".safetensors.index.json"))
+        if indexes:
+            return checkpoint_files(os.path.join(path, indexes[0]))
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+        if not files:
+            raise FileNotFoundError(2, f"no *.safetensors files in directory {path}")
+        return files
+    if path.endswith(".json"):
+        with open(path) as f:
+            try:
+                index = json.load(f)
+            except json.JSONDecodeError as e:
+                raise SafetensorError(f"{path}: index is not valid JSON: {e}") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise SafetensorError(f"{path}: index has no weight_map of tensor name -> file")
+        root = os.path.dirname(path)
+        shards = []
+        for shard in weight_map.values():
+            if os.path.isabs(shard) or ".." in shard.split(os.sep):
+                raise SafetensorError(f"{path}: shard path {shard!r} leaves the checkpoint directory")
+            full = os.path.join(root, shard)
+            if full not in shards:
+                shards.append(full)
+        return sorted(shards)
+    return [path]
+
+
+def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
+                    progress: bool = False, engine=None) -> Dict[str, torch.Tensor]:
+    """Load a whole checkpoint (a file, a directory, or a sharded ``model.safetensors.index.json``)
+    into one ``{name: tensor}`` dict. Every shard is read concurrently; ``progress=True`` shows a
+    tqdm bar with the read rate. Tensor names must be unique across shards, and when an index is
+    given every tensor it lists must be in the shard it names."""
+    files = checkpoint_files(path)
+    headers = [read_header(f) for f in files]
+    index = _index_of(path)
+    if index is not None:
+        by_file = {h.path: h for h in headers}
+        for name, shard in index.items():
+            h = by_file.get(os.path.join(os.path.dirname(_index_path(path)), shard))
+            if h is None or name not in h.tensors:
+                raise SafetensorError(f"{_index_path(path)}: tensor '{name}' is not in {shard}")
+    return _load_many(headers, device, engine, progress)
+
+
+def _index_path(path: PathLike) -> Optional[str]:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        indexes = sorted(f for f in os.listdir(path) if f.endswith(".safetensors.index.json"))
+        return os.path.join(path, indexes[0]) if indexes else None
+    return path if path.endswith(".json") else None
+
+
+def _index_of(path: PathLike) -> Optional[Dict[str, str]]:
+    p = _index_path(path)
+    if p is None:
+        return None
+    with open(p) as f:
+        return json.load(f)["weight_map"]
+
+
+class _Slice:
+    """What ``safe_open.get_slice`` returns: shape and dtype without reading, ``[...]`` reads."""
+
+    def __init__(self, handle: "safe_open", entry: TensorEntry):
+        self._handle = handle
+        self._entry = entry
+
+    def get_shape(self) -> List[int]:
+        return list(self._entry.shape)
+
+    def get_dtype(self) -> str:
+        return self._entry.dtype
+
+    def __getitem__(self, index) -> torch.Tensor:
+        entry = self._entry
+        if not isinstance(index, tuple):
+            index = (index,)
+        first, rest = (index[0], index[1:]) if index else (slice(None), ())
+        rows = entry.shape[0] if entry.shape else None
+        # Leading-dimension slices and integers read only the rows they need.
+        if rows is not None and entry.whole_bytes() and (
+                isinstance(first, int) or (isinstance(first, slice) and first.step in (None, 1))):
+            if isinstance(first, int):
+                i = first + rows if first < 0 else first
+                if not 0 <= i < rows:
+                    raise IndexError(f"index {first} is out of bounds for dimension 0 with size {rows}")
+                start, stop = i, i + 1
+            else:
+                start, stop, _ = first.indices(rows)
+                stop = max(start, stop)
+            row_bytes = (entry.end - entry.begin) // rows if rows else 0
+            part = TensorEntry(entry.name, entry.dtype, [stop - start] + entry.shape[1:],
+                               entry.begin + start * row_bytes, entry.begin + stop * row_bytes)
+            t = self._handle._read(part)
+            lead = 0 if isinstance(first, int) else slice(None)
+            return t[(lead,) + rest]
+        return self._handle._read(entry)[index]
+
+
+class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
+    """Lazy access to one safetensors file, like ``safetensors.safe_open(path, framework="pt")``:
+    the header is parsed on open, each ``get_tensor`` reads just that tensor."""
+
+    def __init__(self, filename: PathLike, framework: str = "pt",
+                 device: Union[str, torch.device] = "cpu", engine=None):
+        if framework not in ("pt", "torch"):
+            raise ValueError(f"chainio_torch.safe_open serves framework='pt' only, got {framework!r}")
+        self._header = read_header(filename)
+        self._device = _resolve_device(device)
+        self._engine = _engine(engine)
+
+    def __enter__(self) -> "safe_open":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def keys(self) -> List[str]:
+        return sorted(self._header.tensors)
+
+    def offset_keys(self) -> List[str]:
+        return sorted(self._header.tensors, key=lambda n: self._header.tensors[n].begin)
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        return None if self._header.metadata is None else dict(self._header.metadata)
+
+    def _entry(self, name: str) -> TensorEntry:
+        try:
+            return self._header.tensors[name]
+        except KeyError:
+            raise SafetensorError(f"File does not contain tensor {name}") from None
+
+    def _read(self, entry: TensorEntry) -> torch.Tensor:
+        h = self._header
+        n = entry.end - entry.begin
+        shift = (h.data_offset + entry.begin) % _ALIGN
+        buf = aligned_buffer(shift + n)
+        if n:
+            self._engine.read_into_address(h.path, buf.data_ptr() + shift, n, h.data_offset + entry.begin)
+        _check_unchanged(h)
+        t = view_tensor(buf, shift - entry.begin, entry, h.path)
+        return t if self._device.type == "cpu" else t.to(self._device)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return self._read(self._entry(name))
+
+    def get_slice(self, name: str) -> _Slice:
+        return _Slice(self, self._entry(name))
+
+    def get_tensors(self, names: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
+        names = self.keys() if names is None else list(names)
+        return {n: self.get_tensor(n) for n in names}

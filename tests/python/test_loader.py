@@ -1,0 +1,283 @@
+"""chainio_torch.load_file / safe_open / load_checkpoint against safetensors on real files."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+st = pytest.importorskip("safetensors.torch")
+import safetensors  # noqa: E402
+
+import chainio_torch  # noqa: E402
+from chainio_torch import SafetensorError  # noqa: E402
+from chainio_torch.loader import _load_staged, read_header, same_bytes  # noqa: E402
+
+# Every torch dtype safetensors can write with this torch.
+DTYPES = [d for d in (
+    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64,
+    getattr(torch, "uint16", None), getattr(torch, "uint32", None), getattr(torch, "uint64", None),
+    getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None),
+    getattr(torch, "float8_e8m0fnu", None),
+) if d is not None]
+
+
+def random_tensor(shape, dtype, gen):
+    n = 1
+    for s in shape:
+        n *= s
+    raw = torch.randint(0, 256, (n * torch.empty((), dtype=dtype).element_size(),), dtype=torch.uint8,
+                        generator=gen)
+    if dtype == torch.bool:
+        return (raw % 2).bool().reshape(shape)
+    return raw.view(dtype).reshape(shape)
+
+
+@pytest.fixture
+def workdir(tmp_path_factory):
+    d = os.path.join(os.environ.get("CHAINIO_TEST_DIR", "/var/tmp"), f"chainio-loader-{os.getpid()}")
+    os.makedirs(d, exist_ok=True)
+    yield d
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def assert_same(a, b):
+    assert sorted(a) == sorted(b)
+    for k in b:
+        assert same_bytes(a[k], b[k]), k
+
+
+def test_every_dtype_odd_shapes_empty_and_scalar(workdir):
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i, dtype in enumerate(DTYPES):
+        tensors[f"t{i}_odd"] = random_tensor((3, 7, 5), dtype, gen)
+        tensors[f"t{i}_scalar"] = random_tensor((), dtype, gen)
+        tensors[f"t{i}_empty"] = random_tensor((0, 4), dtype, gen)
+        tensors[f"t{i}_prime"] = random_tensor((4099,), dtype, gen)
+    path = os.path.join(workdir, "dtypes.safetensors")
+    st.save_file(tensors, path, metadata={"format": "pt", "note": "x"})
+    ours = chainio_torch.load_file(path)
+    assert_same(ours, st.load_file(path))
+    assert_same(ours, tensors)
+    for name, t in ours.items():
+        assert t.shape == tensors[name].shape and t.dtype == tensors[name].dtype
+
+
+def test_many_tiny_tensors(workdir):
+    gen = torch.Generator().manual_seed(1)
+    tensors = {f"layer.{i}.bias": random_tensor((i % 7 + 1,), torch.float16, gen) for i in range(5000)}
+    path = os.path.join(workdir, "tiny.safetensors")
+    st.save_file(tensors, path)
+    assert_same(chainio_torch.load_file(path), tensors)
+
+
+def test_one_huge_tensor(workdir):
+    gen = torch.Generator().manual_seed(2)
+    tensors = {"w": random_tensor((3000, 11001), torch.bfloat16, gen)}  # ~66 MB
+    path = os.path.join(workdir, "huge.safetensors")
+    st.save_file(tensors, path)
+    out = chainio_torch.load_file(path)
+    assert_same(out, tensors)
+    assert out["w"].is_contiguous()
+
+
+def test_tensors_own_their_memory(workdir):
+    path = os.path.join(workdir, "own.safetensors")
+    st.save_file({"a": torch.arange(10.0), "b": torch.ones(5)}, path)
+    first = chainio_torch.load_file(path)
+    second = chainio_torch.load_file(path)
+    first["a"].add_(100)
+    assert torch.equal(second["a"], torch.arange(10.0)), "each load gets fresh memory"
+    assert torch.equal(first["b"], torch.ones(5)), "tensors of one file do not overlap"
+
+
+def test_misaligned_tensor_is_copied_not_misviewed(workdir):
+    # A 3-byte U8 tensor first puts the F32 tensor at an odd offset; safetensors' writer never
+    # does this, but the format allows it.
+    path = os.path.join(workdir, "odd.safetensors")
+    values = struct.pack("<4f", 1.5, -2.0, 3.25, 1e-3)
+    header = {"a": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+              "b": {"dtype": "F32", "shape": [2, 2], "data_offsets": [3, 19]}}
+    h = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"xyz" + values)
+    out = chainio_torch.load_file(path)
+    assert out["b"].tolist() == [[1.5, -2.0], [3.25, pytest.approx(1e-3)]]
+    assert out["b"].data_ptr() % 4 == 0
+    assert_same(out, st.load_file(path))
+
+
+def test_safe_open_is_lazy_and_matches(workdir):
+    gen = torch.Generator().manual_seed(3)
+    tensors = {"emb": random_tensor((1000, 64), torch.float32, gen),
+               "ln": random_tensor((64,), torch.bfloat16, gen), "s": random_tensor((), torch.int64, gen)}
+    path = os.path.join(workdir, "lazy.safetensors")
+    st.save_file(tensors, path, metadata={"k": "v"})
+    engine = chainio_torch.Engine(workers=2)
+    with chainio_torch.safe_open(path, framework="pt", engine=engine) as f, \
+            safetensors.safe_open(path, framework="pt") as ref:
+        assert f.keys() == ref.keys()
+        assert f.metadata() == ref.metadata() == {"k": "v"}
+        assert engine.stats()["bytes_read"] == 0, "opening reads only the header"
+        ln = f.get_tensor("ln")
+        assert engine.stats()["bytes_read"] == 64 * 2, "get_tensor reads just that tensor"
+        assert same_bytes(ln, ref.get_tensor("ln"))
+        assert same_bytes(f.get_tensor("s"), ref.get_tensor("s"))
+        sl, rsl = f.get_slice("emb"), ref.get_slice("emb")
+        assert sl.get_shape() == rsl.get_shape() and sl.get_dtype() == rsl.get_dtype()
+        before = engine.stats()["bytes_read"]
+        assert same_bytes(sl[10:20], rsl[10:20])
+        assert engine.stats()["bytes_read"] - before == 10 * 64 * 4, "row slices read only their rows"
+        for index in [(slice(None, 5),), 7, -1, (slice(3, 9), slice(2, 10)), (slice(None), 3),
+                      (Ellipsis, 0), slice(990, 2000), slice(5, 5), (slice(None, None, 3),)]:
+            assert same_bytes(sl[index], rsl[index]), index
+        with pytest.raises(SafetensorError, match="does not contain tensor nope"):
+            f.get_tensor("nope")
+        with pytest.raises(safetensors.SafetensorError):
+            f.get_tensor("nope")
+
+
+def test_load_checkpoint_directory_index_and_progress(workdir, capsys):
+    gen = torch.Generator().manual_seed(4)
+    shards = [{f"l{s}.{i}": random_tensor((50, 33), torch.float16, gen) for i in range(4)} for s in range(3)]
+    weight_map = {}
+    for s, tensors in enumerate(shards):
+        name = f"model-{s + 1:05d}-of-00003.safetensors"
+        st.save_file(tensors, os.path.join(workdir, name))
+        weight_map.update({k: name for k in tensors})
+    with open(os.path.join(workdir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)
+    expected = {k: v for s in shards for k, v in s.items()}
+    assert_same(chainio_torch.load_checkpoint(workdir), expected)
+    assert_same(chainio_torch.load_checkpoint(os.path.join(workdir, "model.safetensors.index.json")), expected)
+    assert_same(chainio_torch.load_checkpoint(os.path.join(workdir, "model-00002-of-00003.safetensors")), shards[1])
+    assert_same(chainio_torch.load_checkpoint(workdir, progress=True), expected)
+    assert "loading" in capsys.readouterr().err
+
+
+def test_index_naming_a_missing_tensor_is_an_error(workdir):
+    st.save_file({"a": torch.ones(2)}, os.path.join(workdir, "m.safetensors"))
+    with open(os.path.join(workdir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": {"a": "m.safetensors", "b": "m.safetensors"}}, f)
+    with pytest.raises(SafetensorError, match="'b' is not in m.safetensors"):
+        chainio_torch.load_checkpoint(workdir)
+
+
+def test_duplicate_names_across_shards_are_an_error(workdir):
+    st.save_file({"a": torch.ones(2)}, os.path.join(workdir, "x.safetensors"))
+    st.save_file({"a": torch.zeros(2)}, os.path.join(workdir, "y.safetensors"))
+    with pytest.raises(SafetensorError, match="'a' is in both"):
+        chainio_torch.load_checkpoint(workdir)
+
+
+def test_staged_path_used_for_gpus_gives_identical_tensors(workdir):
+    # The CUDA path reads through two staging buffers; here it runs with CPU stages and a CPU
+    # destination (no GPU on this machine), small stages so that many boundaries are crossed.
+    gen = torch.Generator().manual_seed(5)
+    tensors = {f"w{i}": random_tensor((123, 77), torch.float32, gen) for i in range(20)}
+    path = os.path.join(workdir, "staged.safetensors")
+    st.save_file(tensors, path)
+    out = _load_staged(read_header(path), torch.device("cpu"), chainio_torch.default_engine(),
+                       pin=False, stage_bytes=64 << 10)
+    assert_same(out, tensors)
+
+
+def test_cuda_without_gpu_is_a_clear_error(workdir):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    path = os.path.join(workdir, "c.safetensors")
+    st.save_file({"a": torch.ones(2)}, path)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        chainio_torch.load_file(path, device="cuda")
+
+
+def test_file_changed_while_loading_is_detected(workdir):
+    path = os.path.join(workdir, "changing.safetensors")
+    st.save_file({"a": torch.arange(1000.0)}, path)
+    header = read_header(path)
+    with open(path, "r+b") as f:  # rewritten between the header parse and the data read
+        f.seek(header.data_offset)
+        f.write(b"\0" * 8)
+    os.utime(path, ns=(header.stat[3] + 10**9, header.stat[3] + 10**9))
+    from chainio_torch.loader import _load_many
+
+    with pytest.raises(OSError, match="changed while loading"):
+        _load_many([header], "cpu", None, progress=False)
+
+
+def test_missing_file_is_file_not_found(workdir):
+    with pytest.raises(FileNotFoundError):
+        chainio_torch.load_file(os.path.join(workdir, "nope.safetensors"))
+    with pytest.raises(FileNotFoundError):
+        chainio_torch.load_checkpoint(os.path.join(workdir, "empty-dir-does-not-exist"))
+
+
+def _write_raw(path, header, data=b""):
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + data)
+
+
+U8 = {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}
+MALFORMED = [
+    ("truncated-header", lambda p: open(p, "wb").write(b"\x05\x00\x00"), "fewer than the 8-byte"),
+    ("length-past-eof", lambda p: open(p, "wb").write(struct.pack("<Q", 500) + b"{}"), "past the end"),
+    ("length-over-limit", lambda p: open(p, "wb").write(struct.pack("<Q", 200_000_000) + b"{}"), "exceeds the limit"),
+    ("bad-json", lambda p: _write_raw(p, b'{"a": {"dtype": '), "not valid JSON"),
+    ("not-an-object", lambda p: _write_raw(p, b'[1, 2]'), "does not start with"),
+    ("unknown-dtype", lambda p: _write_raw(p, {"a": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 2]}}, b"xx"), "unknown dtype 'Q7'"),
+    ("shape-size-mismatch", lambda p: _write_raw(p, {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"xxxx"), "span 4"),
+    ("overlap", lambda p: _write_raw(p, {"a": U8, "b": {"dtype": "U8", "shape": [2], "data_offsets": [1, 3]}}, b"xxx"), "overlap"),
+    ("out-of-range", lambda p: _write_raw(p, {"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}, b"xx"), "past the data region"),
+    ("gap", lambda p: _write_raw(p, {"a": U8, "b": {"dtype": "U8", "shape": [2], "data_offsets": [3, 5]}}, b"xxxxx"), "gap"),
+    ("trailing-bytes", lambda p: _write_raw(p, {"a": U8}, b"xxxx"), "trailing"),
+    ("truncated-data", lambda p: _write_raw(p, {"a": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]}}, b"xxx"), "past the data region"),
+    ("duplicate-key", lambda p: _write_raw(p, b'{"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}, "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}', b"xx"), "duplicate key 'a'"),
+    ("metadata-not-string", lambda p: _write_raw(p, {"__metadata__": {"k": 1}, "a": U8}, b"xx"), "not a string"),
+    ("negative-shape", lambda p: _write_raw(p, {"a": {"dtype": "U8", "shape": [-2], "data_offsets": [0, 2]}}, b"xx"), "non-negative"),
+    ("no-torch-dtype", lambda p: _write_raw(p, {"a": {"dtype": "F6_E2M3", "shape": [4], "data_offsets": [0, 3]}}, b"xxx"), "F6_E2M3 has no torch"),
+]
+
+
+@pytest.mark.parametrize("name, make, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_files_raise_safetensor_error(workdir, name, make, message):
+    path = os.path.join(workdir, f"{name}.safetensors")
+    make(path)
+    with pytest.raises(SafetensorError, match=message) as info:
+        chainio_torch.load_file(path)
+    assert path in str(info.value), "the error names the file"
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, safetensors.SafetensorError)
+    with pytest.raises(SafetensorError):
+        chainio_torch.safe_open(path, framework="pt").get_tensor("a")
+
+
+def test_errors_name_the_tensor(workdir):
+    path = os.path.join(workdir, "named.safetensors")
+    _write_raw(path, {"model.layers.3.mlp.up_proj.weight": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 5]}},
+               b"xxxxx")
+    with pytest.raises(SafetensorError, match=r"tensor 'model\.layers\.3\.mlp\.up_proj\.weight'"):
+        chainio_torch.load_file(path)
+
+
+def test_cli_load_compare(workdir):
+    path = os.path.join(workdir, "cli.safetensors")
+    st.save_file({"a": torch.arange(100.0), "b": torch.ones(3, 3, dtype=torch.bfloat16)}, path)
+    out = subprocess.run([sys.executable, "-m", "chainio_torch", "load", path, "--compare", "--list"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "2 tensors from 1 file(s)" in out.stdout
+    assert "tensors identical: yes" in out.stdout
+    assert "b: bfloat16 [3, 3]" in out.stdout
+    bad = os.path.join(workdir, "bad.safetensors")
+    _write_raw(bad, b"[]")
+    out = subprocess.run([sys.executable, "-m", "chainio_torch", "load", bad], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "invalid safetensors header" in out.stderr
