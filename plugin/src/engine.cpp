@@ -235,7 +235,11 @@ Result<ReadHandle> Engine::read(const std::vector<ReadExtent>& extents, const Re
                    cached_fraction(f, e.offset, e.length) >= kBufferedWhenCached) {
             plan = info_.hybrid_hot_reads ? PlanMode::kHybrid : PlanMode::kBuffered;
         }
+        size_t first_op = ops.size();
         plan_extent(e, f, plan, info_.io_bytes, ops);
+        if (options.populate) {
+            for (size_t k = first_op; k < ops.size(); ++k) ops[k].populate = true;
+        }
         req->bytes_total += e.length;
     }
 

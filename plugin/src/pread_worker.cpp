@@ -1,4 +1,5 @@
 // The fallback backend: a few threads issuing pread(2), for when io_uring is unavailable.
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -60,6 +61,12 @@ private:
     void execute(Op& op, std::byte* chunk) {
         if (stop_.load(std::memory_order_acquire)) return cancel_op(op);
         if (op.kind == OpKind::kBounce) op.chunk = chunk;
+        if (op.populate && op.payload > 0 && op.kind != OpKind::kDirect) {
+            auto [addr, len] = populate_span(op);
+            if (madvise(addr, len, MADV_POPULATE_WRITE) == 0) {
+                counters_.populates.fetch_add(1, std::memory_order_relaxed);
+            }  // advisory: the read faults the pages in anyway
+        }
         for (;;) {
             if (op.req->failed.load(std::memory_order_acquire)) return finish_op(op, false, false);
             long r;

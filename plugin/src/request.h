@@ -37,6 +37,7 @@ struct Op {
     uint32_t payload = 0;    // bytes this op delivers to the caller
     uint16_t retries = 0;
     bool flex = false;       // kBuffered that a direct-role worker may run as kDirect (hot data)
+    bool populate = false;   // fault the destination in (MADV_POPULATE_WRITE) before the read
 };
 
 namespace detail {
@@ -72,6 +73,13 @@ enum class PlanMode {
     kBuffered,  // page cache only
     kHybrid,    // page cache, but the aligned body may be claimed as O_DIRECT (see Op::flex)
 };
+
+/// The page-aligned span covering an op's destination bytes (what populate faults in).
+inline std::pair<std::byte*, size_t> populate_span(const Op& op) {
+    auto begin = reinterpret_cast<uintptr_t>(op.dst) / 4096 * 4096;
+    auto end = (reinterpret_cast<uintptr_t>(op.dst) + op.payload + 4095) / 4096 * 4096;
+    return {reinterpret_cast<std::byte*>(begin), end - begin};
+}
 
 /// Splits one extent into ops of at most io_bytes.
 void plan_extent(const ReadExtent& extent, const FileRef& file, PlanMode mode, size_t io_bytes,

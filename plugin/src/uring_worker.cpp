@@ -1,6 +1,7 @@
 // The only file that includes liburing: one ring per worker thread.
 #include <liburing.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <future>
@@ -22,6 +23,7 @@ namespace chainio {
 namespace {
 
 constexpr uint64_t kWakeTag = ~0ull;
+constexpr uint64_t kPopulateTag = 1ull << 62;  // user_data of a MADVISE linked before slot's read
 
 unsigned round_pow2(unsigned v) {
     unsigned p = 1;
@@ -65,7 +67,8 @@ protected:
 private:
     // The ring is created on the worker thread: SINGLE_ISSUER binds it to its creator.
     Status init(WorkerInitInfo& info) {
-        const unsigned entries = round_pow2(config_.queue_depth + 1);
+        // Each op may take two SQEs (populate + read) and the wake-up read one more.
+        const unsigned entries = round_pow2(2 * config_.queue_depth + 1);
         io_uring_params params{};
         params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
         int r = io_uring_queue_init_params(entries, &ring_, &params);
@@ -173,8 +176,20 @@ private:
 
     void prep(unsigned slot) {
         Op& op = slots_[slot];
-        // SQ entries >= queue_depth + 1 and at most queue_depth ops plus the wake read are in
-        // flight, so a free SQE always exists here.
+        // SQ entries >= 2 * queue_depth + 1 and at most queue_depth ops (two SQEs each) plus the
+        // wake read are in flight, so free SQEs always exist here.
+        // Only copies need it: an O_DIRECT read pins (and so faults in) its pages in the kernel.
+        if (op.populate && populate_ok_ && op.payload > 0 && op.kind != OpKind::kDirect) {
+            // Runs in io-wq (MADVISE is always async), so many ops' pages fault in in parallel
+            // while this thread keeps the queue full; the link holds the read back until then.
+            auto [addr, len] = populate_span(op);
+            io_uring_sqe* pop = io_uring_get_sqe(&ring_);
+            io_uring_prep_madvise(pop, addr, static_cast<off_t>(len), MADV_POPULATE_WRITE);
+            pop->flags |= IOSQE_IO_LINK;
+            pop->user_data = kPopulateTag | slot;
+            counters_.populates.fetch_add(1, std::memory_order_relaxed);
+            op.populate = false;  // once: retries of this op go straight to the read
+        }
         io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
         switch (op.kind) {
             case OpKind::kDirect:
@@ -220,8 +235,23 @@ private:
                 woken = true;
                 continue;
             }
+            if (cqe->user_data & kPopulateTag) {
+                // A failed populate cancels its linked read (-ECANCELED below); stop asking.
+                if (cqe->res < 0 && populate_ok_) {
+                    populate_ok_ = false;
+                    log::once(log::Level::kWarn, "populate-failed",
+                              std::string("MADV_POPULATE_WRITE through io_uring failed (") +
+                                  Status(cqe->res, "").to_string() +
+                                  "): destinations fault in during the reads instead");
+                }
+                continue;
+            }
             auto slot = static_cast<unsigned>(cqe->user_data);
             Op& op = slots_[slot];
+            if (cqe->res == -ECANCELED && !populate_ok_) {  // the read behind a failed populate
+                prep(slot);
+                continue;
+            }
             bool retried = false;
             OpStep step = advance_op(op, cqe->res, retried);
             if (step == OpStep::kAgain && op.req->failed.load(std::memory_order_acquire)) {
@@ -253,6 +283,7 @@ private:
     int efd_ = -1;
     uint64_t wake_value_ = 0;
     bool registered_ = false;
+    bool populate_ok_ = true;
     std::byte* chunk_base_ = nullptr;
     size_t iov_span_ = 1;
 

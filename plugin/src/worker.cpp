@@ -86,6 +86,7 @@ void Worker::add_to(EngineStats& stats) const {
     stats.fixed_ops += counters_.fixed.load(std::memory_order_relaxed);
     stats.retries += counters_.retries.load(std::memory_order_relaxed);
     stats.enter_calls += counters_.enters.load(std::memory_order_relaxed);
+    stats.populate_ops += counters_.populates.load(std::memory_order_relaxed);
 
     uint64_t busy = 0;
     std::lock_guard lock(threads_mu_);

@@ -73,7 +73,7 @@ protected:
 
     struct Counters {
         std::atomic<uint64_t> bytes{0}, ops{0}, direct{0}, bounce{0}, buffered{0}, fixed{0},
-            retries{0}, enters{0};
+            retries{0}, enters{0}, populates{0};
     } counters_;
 
 private:

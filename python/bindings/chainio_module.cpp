@@ -86,13 +86,13 @@ struct PyReadHandle {
     }
 };
 
-uint64_t run_sync(Engine& engine, std::vector<ReadExtent> extents, IoMode mode) {
+uint64_t run_sync(Engine& engine, std::vector<ReadExtent> extents, IoMode mode, bool populate = false) {
     Status st;
     uint64_t total = 0;
     for (auto& e : extents) total += e.length;
     {
         py::gil_scoped_release release;
-        st = engine.read_sync(extents, {mode});
+        st = engine.read_sync(extents, {mode, populate});
     }
     if (!st.is_ok()) raise_status(st);
     return total;
@@ -108,6 +108,7 @@ py::dict stats_dict(const chainio::EngineStats& s) {
     d["buffered_ops"] = s.buffered_ops;
     d["fixed_ops"] = s.fixed_ops;
     d["retries"] = s.retries;
+    d["populate_ops"] = s.populate_ops;
     d["enter_calls"] = s.enter_calls;
     d["syscalls_avoided"] = s.syscalls_avoided;
     d["busy_ns"] = s.busy_ns;
@@ -212,22 +213,23 @@ PYBIND11_MODULE(_C, m) {
         .def(
             "read_into_address",
             [](Engine& engine, const py::handle& source, uintptr_t address, long long length,
-               long long offset, const std::string& mode) {
+               long long offset, const std::string& mode, bool populate) {
                 ReadExtent e;
                 set_source(e, source);
                 e.length = checked_u64(length, "length");
                 e.offset = checked_u64(offset, "offset");
                 if (address == 0 && e.length > 0) throw py::value_error("address is 0");
                 e.dst = reinterpret_cast<void*>(address);
-                return run_sync(engine, {e}, parse_mode(mode));
+                return run_sync(engine, {e}, parse_mode(mode), populate);
             },
             py::arg("source"), py::arg("address"), py::arg("length"), py::arg("offset") = 0,
-            py::arg("mode") = "auto",
+            py::arg("mode") = "auto", py::arg("populate") = false,
             "Like read_into for raw memory (e.g. tensor.data_ptr()); the caller guarantees "
             "`length` writable bytes at `address`.")
         .def(
             "submit",
-            [](Engine& engine, const py::list& extents, const std::string& mode, py::object keepalive) {
+            [](Engine& engine, const py::list& extents, const std::string& mode, py::object keepalive,
+               bool populate) {
                 std::vector<ReadExtent> list;
                 list.reserve(extents.size());
                 for (const auto& item : extents) {
@@ -246,14 +248,17 @@ PYBIND11_MODULE(_C, m) {
                 chainio::Result<ReadHandle> h = Status(EINVAL, "unset");
                 {
                     py::gil_scoped_release release;
-                    h = engine.read(list, {m});
+                    h = engine.read(list, {m, populate});
                 }
                 if (!h) raise_status(h.status());
                 return PyReadHandle{*h, std::move(keepalive)};
             },
             py::arg("extents"), py::arg("mode") = "auto", py::arg("keepalive") = py::none(),
+            py::arg("populate") = false,
             "Submit [(source, offset, length, address), ...] and return a ReadHandle at once. "
-            "`keepalive` is held until the handle is dropped (pass the destination owners).")
+            "`keepalive` is held until the handle is dropped (pass the destination owners). "
+            "`populate=True` faults fresh destination memory in ahead of each read "
+            "(MADV_POPULATE_WRITE through the ring), much faster than first-touch faults.")
         .def("stats", [](const Engine& e) { return stats_dict(e.stats()); })
         .def("info", [](const Engine& e) { return info_dict(e.info()); });
 

@@ -4,6 +4,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pwd.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -224,6 +225,30 @@ TEST_P(EngineTest, FileShrinkingDuringReadFailsWithEio) {
     EXPECT_NE(st.message().find("end of file"), std::string::npos) << st.message();
     EXPECT_LT(h->bytes_done(), size);
     EXPECT_TRUE(dst.guards_intact());
+}
+
+TEST_P(EngineTest, PopulateFaultsFreshMemoryAndKeepsBytesIdentical) {
+    const size_t size = (6u << 20) + 333;
+    auto data = pattern(size, 31);
+    std::string path = dir_.file("populate");
+    write_file(path, data);
+    for (size_t misalign : {size_t{0}, size_t{1}}) {
+        // Fresh, never-touched anonymous memory: what a loader's new tensors are.
+        size_t len = size + 4096;
+        auto* mem = static_cast<std::byte*>(
+            mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        ASSERT_NE(mem, MAP_FAILED);
+        EngineStats before = engine_->stats();
+        Status st = engine_->read_sync({{path, -1, 0, size, mem + misalign}},
+                                       {GetParam().mode, /*populate=*/true});
+        ASSERT_TRUE(st.is_ok()) << st.to_string();
+        EXPECT_EQ(0, std::memcmp(mem + misalign, data.data(), size));
+        EngineStats s = engine_->stats();
+        uint64_t copying_ops = (s.bounce_ops - before.bounce_ops) + (s.buffered_ops - before.buffered_ops);
+        EXPECT_EQ(s.populate_ops - before.populate_ops, copying_ops)
+            << "one populate per copying op, none for O_DIRECT";
+        munmap(mem, len);
+    }
 }
 
 TEST_P(EngineTest, ManyConcurrentHandles) {

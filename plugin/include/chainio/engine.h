@@ -72,6 +72,11 @@ struct ReadExtent {
 /// Options of one read() call.
 struct ReadOptions {
     IoMode mode = IoMode::kAuto;
+    /// Fault the destination in before each copying read lands (MADV_POPULATE_WRITE, linked
+    /// ahead of the read in the ring and run by io_uring's async workers). For fresh memory:
+    /// the kernel's populate path is several times faster than the first-touch faults a copy
+    /// takes. O_DIRECT reads skip it: pinning their pages already faults them in the kernel.
+    bool populate = false;
 };
 
 namespace detail {

@@ -14,6 +14,7 @@ struct EngineStats {
     uint64_t buffered_ops = 0;      ///< of which through the page cache
     uint64_t fixed_ops = 0;         ///< ops that used a registered buffer (READ_FIXED)
     uint64_t retries = 0;           ///< short reads, EINTR and EAGAIN resubmitted
+    uint64_t populate_ops = 0;      ///< MADV_POPULATE_WRITE issued ahead of reads
     uint64_t enter_calls = 0;       ///< io_uring_enter system calls (0 on the pread backend)
     uint64_t syscalls_avoided = 0;  ///< ops - enter_calls: what a pread-per-op loop would add
     uint64_t busy_ns = 0;           ///< worker time not spent waiting for completions
