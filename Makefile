@@ -38,10 +38,15 @@ test-asan: build-asan
 test-python: install
 	$(PY) -m pytest -q tests/python
 
-test: test-cpp test-asan test-python
+test: test-cpp test-asan test-python fuzz
 
 bench: build install
 	$(PY) bench/read_bench.py
 
 clean:
 	rm -rf $(BUILD) $(ASAN) build-py
+
+# libFuzzer on the safetensors header parser for 60 s (clang build in build-fuzz/).
+.PHONY: fuzz
+fuzz: setup
+	bash tests/fuzz/run_fuzz.sh 60

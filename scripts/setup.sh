@@ -10,7 +10,8 @@ APT_PACKAGES=(
   fio iproute2 iperf3 strace
 )
 # torch==2.13.0 is the CPU build lying on disk; a bare "torch" would download a CUDA build.
-PIP_PACKAGES=(torch==2.13.0 numpy pytest safetensors transformers tqdm matplotlib scikit-build-core pybind11)
+PIP_PACKAGES=(torch==2.13.0 numpy pytest safetensors transformers tqdm matplotlib scikit-build-core pybind11
+              runai-model-streamer==0.17.0 fastsafetensors==0.5.0)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -12,7 +13,69 @@ namespace chainio::safetensors {
 
 namespace {
 
-using Json = nlohmann::ordered_json;
+// std::map objects: ordered_json finds a key by linear search, so n keys cost O(n^2). The header
+// order is recorded by KeyScan instead.
+using Json = nlohmann::json;
+
+// First pass over the header, without building anything: finds syntax errors and duplicate keys
+// (nlohmann keeps the last of them silently) and records the order of the top-level keys and of
+// the keys of __metadata__. (nlohmann's parser callback is no substitute: it rescans the parent
+// object each time a child object ends, O(n^2) in the number of tensors.)
+class KeyScan final : public nlohmann::json_sax<Json> {
+public:
+    std::vector<std::string> top_keys;
+    std::vector<std::string> metadata_keys;
+    std::optional<std::string> duplicate;
+    std::string error;
+
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override {
+        if (!enter()) return false;
+        keys_.emplace_back();
+        return true;
+    }
+    bool key(string_t& key) override {
+        if (!keys_.back().insert(key).second && !duplicate) duplicate = key;
+        if (depth_ == 1) {
+            top_keys.push_back(key);
+        } else if (depth_ == 2 && top_keys.back() == "__metadata__") {
+            metadata_keys.push_back(key);  // a depth-2 key belongs to a top-level value
+        }
+        return true;
+    }
+    bool end_object() override {
+        --depth_;
+        keys_.pop_back();
+        return true;
+    }
+    bool start_array(std::size_t) override { return enter(); }
+    bool end_array() override {
+        --depth_;
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+        error = e.what();
+        return false;
+    }
+
+private:
+    // Like serde_json's recursion limit: a legitimate header is 3 deep, and each level of
+    // "[[[[..." costs ~40 bytes of memory per byte of header.
+    static constexpr int kMaxDepth = 128;
+    bool enter() {
+        if (++depth_ <= kMaxDepth) return true;
+        error = "nested deeper than " + std::to_string(kMaxDepth) + " levels";
+        return false;
+    }
+    std::vector<std::set<std::string>> keys_;  // of each open object
+    int depth_ = 0;
+};
 
 Status bad(const std::string& file, const std::string& why) {
     return Status(EINVAL, file + ": invalid safetensors header: " + why);
@@ -128,53 +191,41 @@ Result<Header> parse_header(const uint8_t* prefix, uint64_t prefix_len, uint64_t
     const char* begin = reinterpret_cast<const char*>(prefix + 8);
     const char* end = begin + n;
     if (n == 0 || *begin != '{') return bad(name, "header does not start with '{'");
+    // nlohmann reads a NUL as the end of its input and would ignore whatever follows it.
+    if (const void* nul = std::memchr(begin, 0, n); nul != nullptr) {
+        return bad(name, "not valid JSON: NUL byte at header offset " +
+                             std::to_string(static_cast<const char*>(nul) - begin));
+    }
 
-    // nlohmann keeps the last of duplicate keys silently: catch them while parsing.
-    std::vector<std::set<std::string>> keys;
-    std::string duplicate;
-    auto on_event = [&](int depth, Json::parse_event_t event, Json& parsed) {
-        (void)depth;
-        switch (event) {
-            case Json::parse_event_t::object_start:
-                keys.emplace_back();
-                break;
-            case Json::parse_event_t::object_end:
-                keys.pop_back();
-                break;
-            case Json::parse_event_t::key:
-                if (!keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
-                    duplicate = parsed.get<std::string>();
-                }
-                break;
-            default:
-                break;
-        }
-        return true;
-    };
+    KeyScan scan;
+    if (!Json::sax_parse(begin, end, &scan)) return bad(name, "not valid JSON: " + scan.error);
+    if (scan.duplicate) return bad(name, "duplicate key '" + *scan.duplicate + "'");
     Json doc;
     try {
-        doc = Json::parse(begin, end, on_event);
+        doc = Json::parse(begin, end);
     } catch (const Json::exception& e) {
         return bad(name, std::string("not valid JSON: ") + e.what());
     }
-    if (!duplicate.empty()) return bad(name, "duplicate key '" + duplicate + "'");
     if (!doc.is_object()) return bad(name, "not a JSON object");
 
-    for (auto it = doc.begin(); it != doc.end(); ++it) {
-        if (it.key() == "__metadata__") {
-            if (!it->is_object()) return bad(name, "__metadata__ is not an object");
+    for (const std::string& key : scan.top_keys) {
+        const Json& value = doc.at(key);
+        if (key == "__metadata__") {
+            if (value.is_null()) continue;  // the reference treats null as "no metadata"
+            if (!value.is_object()) return bad(name, "__metadata__ is not an object");
             std::vector<std::pair<std::string, std::string>> meta;
-            for (auto m = it->begin(); m != it->end(); ++m) {
-                if (!m->is_string()) {
-                    return bad(name, "__metadata__ value of '" + m.key() + "' is not a string");
+            for (const std::string& m : scan.metadata_keys) {
+                const Json& v = value.at(m);
+                if (!v.is_string()) {
+                    return bad(name, "__metadata__ value of '" + m + "' is not a string");
                 }
-                meta.emplace_back(m.key(), m->get<std::string>());
+                meta.emplace_back(m, v.get<std::string>());
             }
             h.metadata = std::move(meta);
             continue;
         }
         TensorInfo t;
-        CHAINIO_RETURN_IF_ERROR(parse_tensor(name, it.key(), *it, h.data_bytes, t));
+        CHAINIO_RETURN_IF_ERROR(parse_tensor(name, key, value, h.data_bytes, t));
         h.tensors.push_back(std::move(t));
     }
 
