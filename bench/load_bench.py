@@ -42,7 +42,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import drop_caches, machine, median, write_json  # noqa: E402
+from common import drop_caches, fio_read, machine, median, write_json  # noqa: E402
 import gen_checkpoint  # noqa: E402
 import load_worker  # noqa: E402
 
@@ -118,34 +118,14 @@ def _run_loader(loader: str, directory: str, timeout: float) -> dict:
 
 
 def run_fio(paths: list[str], huge: bool, runtime_s: int) -> dict:
-    from read_bench import FIO_BUFFER_BYTES, HugePages
-
     method = "fio-huge" if huge else "fio"
-
-    def fio(extra):
-        drop_caches()
-        return subprocess.run(
-            ["fio", "--name=ref", "--filename=" + ":".join(p.replace(":", "\\:") for p in paths),
-             "--file_service_type=sequential", "--rw=read", "--bs=1M", "--iodepth=32",
-             "--ioengine=io_uring", "--direct=1", "--invalidate=1", f"--runtime={runtime_s}",
-             "--output-format=json", *extra],
-            capture_output=True, text=True, check=True, timeout=runtime_s + 60).stdout
-
     try:
-        if huge:
-            with HugePages(FIO_BUFFER_BYTES) as buf:
-                out = fio([f"--iomem=mmaphuge:{buf}"])
-        else:
-            out = fio([])
-        job = json.loads(out[out.index("{"):])["jobs"][0]
+        r = fio_read(paths, huge, timeout_s=runtime_s)
     except Exception as e:  # noqa: BLE001
         err = getattr(e, "stderr", None) or ""
         return {"loader": method, "status": "failed",
                 "error": f"{type(e).__name__}: {e} {err[-300:]}"[:500]}
-    seconds = job["job_runtime"] / 1000
-    return {"loader": method, "status": "ok", "bytes": job["read"]["io_bytes"],
-            "seconds": seconds,
-            "cpu_seconds": (job["usr_cpu"] + job["sys_cpu"]) / 100 * seconds}
+    return {"loader": method, "status": "ok", **r}
 
 
 def warm_files(paths: list[str]) -> None:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import drop_caches, machine, median, write_json  # noqa: E402
+from common import drop_caches, fio_read, machine, median, write_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["chainio-auto", "chainio-direct", "chainio-buffered", "pread", "mmap"]
@@ -36,7 +36,6 @@ LABELS = {
     "fio": "fio QD32 (default bufs)",
     "fio-huge": "fio QD32 (hugetlb bufs)",
 }
-FIO_BUFFER_BYTES = 32 << 20  # iodepth x bs
 
 
 def ensure_file(path: str, size: int) -> None:
@@ -65,49 +64,9 @@ def run_runner(runner: str, method: str, path: str, cache: str, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-class HugePages:
-    """Reserves 2 MiB pages and a hugetlbfs mount for one fio run, then restores both."""
-
-    def __init__(self, nbytes: int):
-        self.pages = 2 * nbytes // (2 << 20)  # fio asks for more than iodepth x bs
-        self.sysctl = "/proc/sys/vm/nr_hugepages"
-
-    def __enter__(self):
-        import tempfile
-
-        with open(self.sysctl) as f:
-            self.old = int(f.read())
-        with open(self.sysctl, "w") as f:
-            f.write(str(self.old + self.pages))
-        self.mnt = tempfile.mkdtemp(prefix="chainio-huge-")
-        subprocess.run(["mount", "-t", "hugetlbfs", "none", self.mnt], check=True)
-        return os.path.join(self.mnt, "fio.buf")
-
-    def __exit__(self, *exc):
-        subprocess.run(["umount", self.mnt], check=False)
-        os.rmdir(self.mnt)
-        with open(self.sysctl, "w") as f:
-            f.write(str(self.old))
-
-
 def run_fio(path: str, huge: bool) -> dict:
-    def fio(extra):
-        drop_caches()
-        return subprocess.run(
-            ["fio", "--name=ref", f"--filename={path}", "--rw=read", "--bs=1M", "--iodepth=32",
-             "--ioengine=io_uring", "--direct=1", "--invalidate=1", "--output-format=json", *extra],
-            capture_output=True, text=True, check=True).stdout
-
-    if huge:
-        with HugePages(FIO_BUFFER_BYTES) as buf:
-            out = fio([f"--iomem=mmaphuge:{buf}"])
-    else:
-        out = fio([])
-    job = json.loads(out[out.index("{"):])["jobs"][0]
-    seconds = job["job_runtime"] / 1000
-    return {"method": "fio-huge" if huge else "fio", "cache": "cold",
-            "bytes": job["read"]["io_bytes"], "seconds": seconds,
-            "cpu_seconds": (job["usr_cpu"] + job["sys_cpu"]) / 100 * seconds, "syscalls": None}
+    r = fio_read([path], huge)
+    return {"method": "fio-huge" if huge else "fio", "cache": "cold", **r, "syscalls": None}
 
 
 def summarize(results: list[dict]) -> list[dict]:
