@@ -264,34 +264,37 @@ def _load_many(headers: Sequence[FileHeader], device, engine, progress: bool) ->
 def checkpoint_files(path: PathLike) -> List[str]:
     """The safetensors files of a checkpoint: a file, a directory (its index's shards, or every
     ``*.safetensors`` in it), or a ``*.safetensors.index.json``."""
+    return _resolve_checkpoint(path)[0]
+
+
+def _resolve_checkpoint(path: PathLike) -> Tuple[List[str], Optional[str], Optional[Dict[str, str]]]:
+    """(shard files, index path, index weight_map); the last two are None without an index."""
     path = os.fspath(path)
     if os.path.isdir(path):
         indexes = sorted(f for f in os.listdir(path) if f.endswith(".safetensors.index.json"))
         if indexes:
-            return checkpoint_files(os.path.join(path, indexes[0]))
+            return _resolve_checkpoint(os.path.join(path, indexes[0]))
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
         if not files:
             raise FileNotFoundError(2, f"no *.safetensors files in directory {path}")
-        return files
-    if path.endswith(".json"):
-        with open(path) as f:
-            try:
-                index = json.load(f)
-            except json.JSONDecodeError as e:
-                raise SafetensorError(f"{path}: index is not valid JSON: {e}") from None
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise SafetensorError(f"{path}: index has no weight_map of tensor name -> file")
-        root = os.path.dirname(path)
-        shards = []
-        for shard in weight_map.values():
-            if os.path.isabs(shard) or ".." in shard.split(os.sep):
-                raise SafetensorError(f"{path}: shard path {shard!r} leaves the checkpoint directory")
-            full = os.path.join(root, shard)
-            if full not in shards:
-                shards.append(full)
-        return sorted(shards)
-    return [path]
+        return files, None, None
+    if not path.endswith(".json"):
+        return [path], None, None
+    with open(path) as f:
+        try:
+            index = json.load(f)
+        except json.JSONDecodeError as e:
+            raise SafetensorError(f"{path}: index is not valid JSON: {e}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise SafetensorError(f"{path}: index has no weight_map of tensor name -> file")
+    root = os.path.dirname(path)
+    shards = set()
+    for shard in weight_map.values():
+        if os.path.isabs(shard) or ".." in shard.split(os.sep):
+            raise SafetensorError(f"{path}: shard path {shard!r} leaves the checkpoint directory")
+        shards.add(os.path.join(root, shard))
+    return sorted(shards), path, weight_map
 
 
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
@@ -300,32 +303,16 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
     into one ``{name: tensor}`` dict. Every shard is read concurrently; ``progress=True`` shows a
     tqdm bar with the read rate. Tensor names must be unique across shards, and when an index is
     given every tensor it lists must be in the shard it names."""
-    files = checkpoint_files(path)
+    files, index_path, weight_map = _resolve_checkpoint(path)
     headers = [read_header(f) for f in files]
-    index = _index_of(path)
-    if index is not None:
+    if weight_map is not None:
+        root = os.path.dirname(index_path)
         by_file = {h.path: h for h in headers}
-        for name, shard in index.items():
-            h = by_file.get(os.path.join(os.path.dirname(_index_path(path)), shard))
+        for name, shard in weight_map.items():
+            h = by_file.get(os.path.join(root, shard))
             if h is None or name not in h.tensors:
-                raise SafetensorError(f"{_index_path(path)}: tensor '{name}' is not in {shard}")
+                raise SafetensorError(f"{index_path}: tensor '{name}' is not in {shard}")
     return _load_many(headers, device, engine, progress)
-
-
-def _index_path(path: PathLike) -> Optional[str]:
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        indexes = sorted(f for f in os.listdir(path) if f.endswith(".safetensors.index.json"))
-        return os.path.join(path, indexes[0]) if indexes else None
-    return path if path.endswith(".json") else None
-
-
-def _index_of(path: PathLike) -> Optional[Dict[str, str]]:
-    p = _index_path(path)
-    if p is None:
-        return None
-    with open(p) as f:
-        return json.load(f)["weight_map"]
 
 
 class _Slice:
