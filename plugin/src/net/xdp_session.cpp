@@ -679,9 +679,8 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
 }  // namespace
 
 uint32_t xdp_payload_for_mtu(int mtu) {
-    const size_t by_mtu = mtu > 0 ? size_t(mtu) - wire::kIpBytes - wire::kUdpBytes -
-                                        sizeof(wire::FrameHeader)
-                                  : 0;
+    const size_t l3_overhead = wire::kIpBytes + wire::kUdpBytes + sizeof(wire::FrameHeader);
+    const size_t by_mtu = mtu > 0 && size_t(mtu) > l3_overhead ? size_t(mtu) - l3_overhead : 0;
     const size_t by_chunk = XdpPort::kMaxRxFrame - wire::kFrameOverhead;
     return static_cast<uint32_t>(std::min(by_mtu, by_chunk) & ~size_t(7));
 }
