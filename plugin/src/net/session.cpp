@@ -84,12 +84,13 @@ Side prepare_xdp(int fd, const NetOptions& o, TransportKind kind) {
     }
     side.itf = itf.value();
     side.udp_port = lport;
-    if (xdp_payload_for_mtu(side.itf.mtu) < 64) {
+    const bool sg = xdp_needs_sg(side.itf.mtu);
+    if (xdp_payload_for_mtu(side.itf.mtu, sg) < 64) {
         side.why = "AF_XDP: MTU " + std::to_string(side.itf.mtu) + " of " + side.itf.name +
                    " leaves no room for frames";
         return side;
     }
-    auto port = XdpPort::open(side.itf, o.queue, lport, o.umem_bytes);
+    auto port = XdpPort::open(side.itf, o.queue, lport, o.umem_bytes, sg);
     if (!port) {
         side.why = "AF_XDP unavailable: " + port.status().to_string();
         return side;
@@ -106,7 +107,7 @@ nlohmann::json hello_of(const Side& s, const std::string& transport) {
         j["udp_port"] = s.udp_port;
         j["mtu"] = s.itf.mtu;
         j["rx_frames"] = s.port->rx_frames();
-        j["payload_max"] = xdp_payload_for_mtu(s.itf.mtu);
+        j["payload_max"] = xdp_payload_for_mtu(s.itf.mtu, s.port->sg());
     }
     return j;
 }
@@ -142,7 +143,7 @@ Result<XdpPeering> peering_of(const Side& self, const nlohmann::json& peer) {
             return Status(EPROTO, "bad IP in the peer's hello");
         p.peer.port = peer.at("udp_port").get<uint16_t>();
         p.peer_rx_frames = peer.at("rx_frames").get<uint32_t>();
-        p.payload = std::min(xdp_payload_for_mtu(self.itf.mtu),
+        p.payload = std::min(xdp_payload_for_mtu(self.itf.mtu, self.port->sg()),
                              peer.at("payload_max").get<uint32_t>());
     } catch (const std::exception& e) {
         return Status(EPROTO, std::string("malformed hello: ") + e.what());

@@ -29,7 +29,11 @@ Result<std::unique_ptr<Session>> make_xdp_session(int fd, uint64_t token, const 
                                                   std::unique_ptr<XdpPort> port,
                                                   const XdpPeering& peering);
 
-/// Object bytes per frame for an MTU, without SG: the frame must fit one copy-mode chunk.
-uint32_t xdp_payload_for_mtu(int mtu);
+/// Whether frames of this MTU need multi-buffer (SG) AF_XDP descriptors: a copy-mode chunk holds
+/// at most XdpPort::kMaxRxFrame bytes.
+bool xdp_needs_sg(int mtu);
+/// Object bytes per frame for an MTU: with `sg` a frame spans several chunks (up to the MTU),
+/// without it a frame must fit one chunk. 0 when the MTU leaves no room.
+uint32_t xdp_payload_for_mtu(int mtu, bool sg = false);
 
 }  // namespace chainio::net

@@ -21,13 +21,17 @@ namespace {
 std::mutex g_claims_mu;
 std::set<unsigned> g_claims;  // interfaces with an XdpPort in this process
 
+// Not in bookworm's UAPI headers (Linux 6.6+).
+constexpr uint16_t kXdpUseSg = 1 << 4;
+
 int no_print(enum libbpf_print_level, const char*, va_list) { return 0; }
 
 }  // namespace
 
 Result<std::unique_ptr<XdpPort>> XdpPort::open(const LocalInterface& itf, uint32_t queue,
-                                               uint16_t udp_port, size_t umem_bytes) {
+                                               uint16_t udp_port, size_t umem_bytes, bool sg) {
     std::unique_ptr<XdpPort> p(new XdpPort());
+    p->sg_ = sg;
     p->ifindex_ = itf.ifindex;
     p->ifname_ = itf.name;
     {
@@ -92,7 +96,8 @@ Status XdpPort::bind_socket(const LocalInterface& itf, uint32_t queue) {
             sc.tx_size = tx_frames_;
             sc.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD;
             sc.xdp_flags = 0;
-            sc.bind_flags = static_cast<uint16_t>(mode | XDP_USE_NEED_WAKEUP);
+            sc.bind_flags = static_cast<uint16_t>(mode | XDP_USE_NEED_WAKEUP |
+                                                  (sg_ ? kXdpUseSg : 0));
             const int err = xsk_socket__create(&xsk_, itf.name.c_str(), queue, umem_, &rx, &tx,
                                                &sc);
             if (err == 0) {
@@ -151,7 +156,7 @@ uint64_t XdpPort::counter(int index) const {
 
 std::string XdpPort::describe() const {
     return "AF_XDP on " + ifname_ + (zero_copy_ ? " (zero-copy)" : " (copy mode)") +
-           (frags_ ? ", xdp.frags program" : "") + ", " + std::to_string(rx_frames_) + "+" +
+           (frags_ ? ", xdp.frags program" : "") + (sg_ ? ", multi-buffer frames" : "") + ", " + std::to_string(rx_frames_) + "+" +
            std::to_string(tx_frames_) + " frames of " + std::to_string(kFrameBytes) + " B";
 }
 

@@ -30,7 +30,8 @@ public:
     /// Attaches the program (steering UDP to `udp_port` at itf.ip into queue `queue`) and binds
     /// the socket, zero-copy when the driver allows, else copy mode. Errors name the step.
     static Result<std::unique_ptr<XdpPort>> open(const LocalInterface& itf, uint32_t queue,
-                                                 uint16_t udp_port, size_t umem_bytes);
+                                                 uint16_t udp_port, size_t umem_bytes,
+                                                 bool sg);
     ~XdpPort();
     XdpPort(const XdpPort&) = delete;
     XdpPort& operator=(const XdpPort&) = delete;
@@ -38,6 +39,8 @@ public:
     int fd() const;
     bool zero_copy() const { return zero_copy_; }
     bool frags_program() const { return frags_; }
+    /// Bound with XDP_USE_SG: frames may span several chunks (XDP_PKT_CONTD descriptors).
+    bool sg() const { return sg_; }
     uint8_t* frame(uint64_t addr) { return static_cast<uint8_t*>(xsk_umem__get_data(area_, addr)); }
     uint32_t rx_frames() const { return rx_frames_; }
     uint32_t tx_frames() const { return tx_frames_; }
@@ -66,6 +69,7 @@ private:
     bool claimed_ = false;
     bool zero_copy_ = false;
     bool frags_ = false;
+    bool sg_ = false;
     uint32_t rx_frames_ = 0;
     uint32_t tx_frames_ = 0;
     std::string ifname_;

@@ -17,6 +17,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
 
 #include <algorithm>
@@ -33,6 +34,27 @@ namespace {
 constexpr uint16_t kManifestStream = 0xffff;
 constexpr uint8_t kDoneFrame = 3;  // wire::Frame has kData/kAck; DONE: window = status errno
 constexpr uint32_t kRxBatch = 64;
+constexpr uint32_t kMaxSegs = 4;
+constexpr uint32_t kPktContd = 1;  // XDP_PKT_CONTD: not in bookworm's UAPI headers  // chunks per frame: 3 at MTU 9000
+
+// A received frame: its chunks (one unless the socket is bound with XDP_USE_SG).
+struct RxFrame {
+    uint64_t addr[kMaxSegs];
+    uint32_t len[kMaxSegs];
+    uint32_t n = 0;
+    uint32_t total() const {
+        uint32_t t = 0;
+        for (uint32_t i = 0; i < n; ++i) t += len[i];
+        return t;
+    }
+};
+
+// Payload bytes of a frame, possibly in several chunks.
+struct Pieces {
+    const uint8_t* p[kMaxSegs];
+    uint32_t n[kMaxSegs];
+    uint32_t count = 0;
+};
 constexpr int64_t kMinRto = 1'000'000;        // 1 ms: a blocking wait costs ~0.1 ms here
 constexpr int64_t kMaxRto = 500'000'000;
 constexpr int64_t kInitialRto = 20'000'000;
@@ -48,7 +70,11 @@ public:
     XdpSession(int fd, uint64_t token, const NetOptions& o, std::unique_ptr<XdpPort> port,
                const XdpPeering& p)
         : SessionCore(fd, token, o, ""), port_(std::move(port)), self_(p.self), peer_(p.peer),
-          payload_(p.payload), initial_window_(std::max<uint32_t>(p.peer_rx_frames / 2, 16)) {}
+          payload_(p.payload) {
+        chunks_per_frame_ = static_cast<uint32_t>(
+            (wire::kFrameOverhead + payload_ + XdpPort::kFrameBytes - 1) / XdpPort::kFrameBytes);
+        initial_window_ = std::max<uint32_t>(p.peer_rx_frames / 2 / chunks_per_frame_, 16);
+    }
 
     ~XdpSession() override {
         // The ring may still reference the socket: cancel before the port goes.
@@ -70,7 +96,9 @@ private:
     void reap_completions();
     void kick();
     void process_rx(bool* progress);
-    bool on_frame(uint64_t addr, uint32_t len);  // true: the frame is kept (early data)
+    bool on_frame(const RxFrame& f);  // true: the frame is kept (early data)
+    void recycle(const RxFrame& f);
+    void replay_early();
     void refill(const uint64_t* addrs, uint32_t n);
     uint32_t rx_window() const;
 
@@ -84,7 +112,7 @@ private:
 
     // ---- receiver
     Stream* rx_stream(uint16_t id);
-    bool on_data(const wire::FrameHeader& h, const uint8_t* payload);
+    bool on_data(const wire::FrameHeader& h, const Pieces& payload);
     Status manifest_arrived();
     void stream_done(Stream& s, size_t index);
     void send_acks();
@@ -131,7 +159,10 @@ private:
     std::vector<Stream> rx_streams_;
     size_t rx_complete_ = 0;
     const std::function<void*(size_t, size_t)>* place_ = nullptr;
-    std::vector<std::pair<uint64_t, uint32_t>> early_;  // frames of the next transfer, kept
+    std::vector<RxFrame> early_;  // frames of the next transfer, kept until recv() is ready
+    uint32_t early_chunks_ = 0;
+    RxFrame partial_;  // chunks of a multi-buffer frame whose last chunk has not come yet
+    uint32_t chunks_per_frame_ = 1;
     std::vector<std::pair<uint16_t, uint32_t>> ack_due_;  // stream, highest seq this batch
     Status rx_error_;
 };
@@ -140,12 +171,13 @@ private:
 
 bool XdpSession::put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uint32_t seq,
                            const uint8_t* payload, uint32_t len, uint32_t window) {
-    if (port_->free_tx.empty()) return false;
+    const size_t bytes = wire::kFrameOverhead + len;
+    const uint32_t segs = static_cast<uint32_t>((bytes + XdpPort::kFrameBytes - 1) / XdpPort::kFrameBytes);
+    if (port_->free_tx.size() < segs) return false;
     uint32_t idx = 0;
-    if (xsk_ring_prod__reserve(&port_->tx, 1, &idx) != 1) return false;
-    const uint64_t addr = port_->free_tx.back();
-    port_->free_tx.pop_back();
-    uint8_t* f = port_->frame(addr);
+    if (xsk_ring_prod__reserve(&port_->tx, segs, &idx) != segs) {
+            return false;
+    }
     wire::FrameHeader h{};
     h.magic = wire::kMagic;
     h.version = wire::kVersion;
@@ -157,14 +189,28 @@ bool XdpSession::put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uin
     h.len = len;
     h.window = window;
     h.check = wire::frame_check(h, payload, len);
-    wire::build_l2l4(f, self_, peer_, sizeof(h) + len, ip_id_++);
-    std::memcpy(f + wire::kL2L4Bytes, &h, sizeof(h));
-    if (len) std::memcpy(f + wire::kFrameOverhead, payload, len);
-    xdp_desc* d = xsk_ring_prod__tx_desc(&port_->tx, idx);
-    d->addr = addr;
-    d->len = static_cast<uint32_t>(wire::kFrameOverhead + len);
-    d->options = 0;
-    xsk_ring_prod__submit(&port_->tx, 1);
+    size_t done = 0;  // payload bytes placed
+    for (uint32_t i = 0; i < segs; ++i) {
+        const uint64_t addr = port_->free_tx.back();
+        port_->free_tx.pop_back();
+        uint8_t* f = port_->frame(addr);
+        size_t room = XdpPort::kFrameBytes;
+        size_t used = 0;
+        if (i == 0) {
+            wire::build_l2l4(f, self_, peer_, sizeof(h) + len, ip_id_++);
+            std::memcpy(f + wire::kL2L4Bytes, &h, sizeof(h));
+            used = wire::kFrameOverhead;
+            room -= used;
+        }
+        const size_t n = std::min(room, size_t(len) - done);
+        if (n) std::memcpy(f + used, payload + done, n);
+        done += n;
+        xdp_desc* d = xsk_ring_prod__tx_desc(&port_->tx, idx + i);
+        d->addr = addr;
+        d->len = static_cast<uint32_t>(used + n);
+        d->options = i + 1 < segs ? kPktContd : 0;
+    }
+    xsk_ring_prod__submit(&port_->tx, segs);
     return true;
 }
 
@@ -208,7 +254,7 @@ void XdpSession::on_cqe(uint64_t tag, int res, uint32_t flags) {
 uint32_t XdpSession::rx_window() const {
     // Chunks the kernel can still fill, minus what we keep for the next transfer.
     const uint32_t posted = port_->rx_frames() - xsk_prod_nb_free(&port_->fill, port_->rx_frames());
-    return posted > early_.size() ? posted - static_cast<uint32_t>(early_.size()) : 0;
+    return (posted > early_chunks_ ? posted - early_chunks_ : 0) / chunks_per_frame_;
 }
 
 void XdpSession::refill(const uint64_t* addrs, uint32_t n) {
@@ -223,6 +269,11 @@ void XdpSession::refill(const uint64_t* addrs, uint32_t n) {
     }
 }
 
+void XdpSession::recycle(const RxFrame& f) {
+    for (uint32_t i = 0; i < f.n; ++i)
+        recycle_.push_back(f.addr[i] & ~uint64_t(XdpPort::kFrameBytes - 1));
+}
+
 void XdpSession::process_rx(bool* progress) {
     for (int round = 0; round < 16; ++round) {
         uint32_t idx = 0;
@@ -232,8 +283,22 @@ void XdpSession::process_rx(bool* progress) {
         recycle_.clear();
         for (uint32_t i = 0; i < n; ++i) {
             const xdp_desc* d = xsk_ring_cons__rx_desc(&port_->rx, idx + i);
-            const uint64_t chunk = d->addr & ~uint64_t(XdpPort::kFrameBytes - 1);
-            if (!on_frame(d->addr, d->len)) recycle_.push_back(chunk);
+            if (partial_.n < kMaxSegs) {
+                partial_.addr[partial_.n] = d->addr;
+                partial_.len[partial_.n] = d->len;
+            } else {
+                recycle_.push_back(d->addr & ~uint64_t(XdpPort::kFrameBytes - 1));
+            }
+            ++partial_.n;
+            if (d->options & kPktContd) continue;  // more chunks of this frame follow
+            if (partial_.n > kMaxSegs) {
+                ++stats_.dropped_bad_len;
+                partial_.n = kMaxSegs;
+                recycle(partial_);
+            } else if (!on_frame(partial_)) {
+                recycle(partial_);
+            }
+            partial_.n = 0;
         }
         xsk_ring_cons__release(&port_->rx, n);
         refill(recycle_.data(), static_cast<uint32_t>(recycle_.size()));
@@ -245,21 +310,50 @@ void XdpSession::process_rx(bool* progress) {
     }
 }
 
-bool XdpSession::on_frame(uint64_t addr, uint32_t len) {
+bool XdpSession::on_frame(const RxFrame& f) {
     size_t ulen = 0;
-    const uint8_t* u = wire::udp_payload(port_->frame(addr), len, self_.port, &ulen);
-    if (!u || ulen < sizeof(wire::FrameHeader)) {
+    const uint8_t* first = port_->frame(f.addr[0]);
+    const uint8_t* u = wire::udp_payload(first, f.total(), self_.port, &ulen);
+    // The headers must sit in the first chunk.
+    if (!u || ulen < sizeof(wire::FrameHeader) || f.len[0] < wire::kFrameOverhead) {
         ++stats_.dropped_bad_len;
         return false;
     }
     wire::FrameHeader h;
     std::memcpy(&h, u, sizeof(h));
-    const uint8_t* body = u + sizeof(h);
     if (h.magic != wire::kMagic || h.version != wire::kVersion || h.len != ulen - sizeof(h)) {
         ++stats_.dropped_bad_len;
         return false;
     }
-    if (wire::frame_check(h, body, h.len) != h.check) {
+    Pieces pieces;
+    size_t left = h.len;
+    const size_t in_first = std::min<size_t>(left, f.len[0] - wire::kFrameOverhead);
+    pieces.p[0] = u + sizeof(h);
+    pieces.n[0] = static_cast<uint32_t>(in_first);
+    pieces.count = 1;
+    left -= in_first;
+    for (uint32_t i = 1; i < f.n && left; ++i) {
+        const size_t n = std::min<size_t>(left, f.len[i]);
+        pieces.p[pieces.count] = port_->frame(f.addr[i]);
+        pieces.n[pieces.count++] = static_cast<uint32_t>(n);
+        left -= n;
+    }
+    if (left) {
+        ++stats_.dropped_bad_len;
+        return false;
+    }
+    uint64_t check;
+    if (pieces.count == 1) {
+        check = wire::frame_check(h, pieces.p[0], pieces.n[0]);
+    } else {
+        wire::FrameHeader z = h;
+        z.check = 0;
+        XXH3_state_t st;
+        XXH3_64bits_reset_withSeed(&st, XXH3_64bits(&z, sizeof(z)));
+        for (uint32_t i = 0; i < pieces.count; ++i) XXH3_64bits_update(&st, pieces.p[i], pieces.n[i]);
+        check = XXH3_64bits_digest(&st);
+    }
+    if (check != h.check) {
         ++stats_.dropped_bad_check;
         return false;
     }
@@ -270,16 +364,19 @@ bool XdpSession::on_frame(uint64_t addr, uint32_t len) {
     heard();
     switch (h.type) {
     case static_cast<uint8_t>(wire::Frame::kData): {
-        const bool keep = on_data(h, body);
-        if (keep) early_.emplace_back(addr, len);
+        const bool keep = on_data(h, pieces);
+        if (keep) {
+            early_.push_back(f);
+            early_chunks_ += f.n;
+        }
         return keep;
     }
     case static_cast<uint8_t>(wire::Frame::kAck):
-        if (h.len != sizeof(wire::AckBody) + 8) {
+        if (h.len != sizeof(wire::AckBody) + 8 || pieces.count != 1) {
             ++stats_.dropped_bad_len;
             return false;
         }
-        on_ack(h, body);
+        on_ack(h, pieces.p[0]);
         return false;
     case kDoneFrame:
         if (sending_ && h.transfer == tx_transfer_ && !tx_done_) {
@@ -295,6 +392,20 @@ bool XdpSession::on_frame(uint64_t addr, uint32_t len) {
         ++stats_.dropped_bad_len;
         return false;
     }
+}
+
+void XdpSession::replay_early() {
+    // May run inside process_rx (the manifest completed): keep its recycle_ list untouched.
+    auto kept = std::move(early_);
+    early_.clear();
+    early_chunks_ = 0;
+    std::vector<uint64_t> back;
+    for (const RxFrame& f : kept) {
+        if (on_frame(f)) continue;
+        for (uint32_t i = 0; i < f.n; ++i)
+            back.push_back(f.addr[i] & ~uint64_t(XdpPort::kFrameBytes - 1));
+    }
+    refill(back.data(), static_cast<uint32_t>(back.size()));
 }
 
 // ---------------------------------------------------------------- sender
@@ -494,7 +605,7 @@ Stream* XdpSession::rx_stream(uint16_t id) {
     return id < rx_streams_.size() ? &rx_streams_[id] : nullptr;
 }
 
-bool XdpSession::on_data(const wire::FrameHeader& h, const uint8_t* payload) {
+bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload) {
     if (!receiving_ || h.transfer != last_done_transfer_ + 1) {
         if (h.transfer == last_done_transfer_ && last_done_transfer_) {
             redo_done_ = true;  // our DONE was lost: say it again
@@ -502,13 +613,13 @@ bool XdpSession::on_data(const wire::FrameHeader& h, const uint8_t* payload) {
             return false;
         }
         // The next transfer's first frames may beat our call to recv(): keep a few.
-        if (h.transfer == last_done_transfer_ + 1 && early_.size() < port_->rx_frames() / 4)
+        if (h.transfer == last_done_transfer_ + 1 && early_chunks_ < port_->rx_frames() / 4)
             return true;
         ++stats_.dropped_stale;
         return false;
     }
     if (h.stream != kManifestStream && !have_manifest_) {
-        if (early_.size() < port_->rx_frames() / 4) return true;
+        if (early_chunks_ < port_->rx_frames() / 4) return true;
         ++stats_.dropped_stale;
         return false;
     }
@@ -532,7 +643,11 @@ bool XdpSession::on_data(const wire::FrameHeader& h, const uint8_t* payload) {
     if (!s->mark(h.seq)) {
         ++stats_.duplicates;
     } else {
-        std::memcpy(s->data + size_t(h.seq) * payload_, payload, h.len);
+        uint8_t* dst = s->data + size_t(h.seq) * payload_;
+        for (uint32_t i = 0; i < payload.count; ++i) {
+            std::memcpy(dst, payload.p[i], payload.n[i]);
+            dst += payload.n[i];
+        }
         ++stats_.frames_received;
         if (h.stream != kManifestStream) stats_.bytes_received += h.len;
     }
@@ -576,13 +691,7 @@ Status XdpSession::manifest_arrived() {
         if (rx_streams_[i].chunks == 0) stream_done(rx_streams_[i], i);
     }
     // Replay the frames that came before the manifest.
-    auto kept = std::move(early_);
-    early_.clear();
-    std::vector<uint64_t> back;
-    for (auto [addr, len] : kept) {
-        if (!on_frame(addr, len)) back.push_back(addr & ~uint64_t(XdpPort::kFrameBytes - 1));
-    }
-    refill(back.data(), static_cast<uint32_t>(back.size()));
+    replay_early();
     return {};
 }
 
@@ -634,13 +743,7 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
     heard();
     // Frames kept before this call belong to this transfer: handle them now.
     {
-        auto kept = std::move(early_);
-        early_.clear();
-        std::vector<uint64_t> back;
-        for (auto [addr, len] : kept) {
-            if (!on_frame(addr, len)) back.push_back(addr & ~uint64_t(XdpPort::kFrameBytes - 1));
-        }
-        refill(back.data(), static_cast<uint32_t>(back.size()));
+        replay_early();
         send_acks();
     }
     Status st;
@@ -678,10 +781,13 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
 
 }  // namespace
 
-uint32_t xdp_payload_for_mtu(int mtu) {
+bool xdp_needs_sg(int mtu) { return mtu > 0 && size_t(mtu) + wire::kEthBytes > XdpPort::kMaxRxFrame; }
+
+uint32_t xdp_payload_for_mtu(int mtu, bool sg) {
     const size_t l3_overhead = wire::kIpBytes + wire::kUdpBytes + sizeof(wire::FrameHeader);
     const size_t by_mtu = mtu > 0 && size_t(mtu) > l3_overhead ? size_t(mtu) - l3_overhead : 0;
-    const size_t by_chunk = XdpPort::kMaxRxFrame - wire::kFrameOverhead;
+    const size_t by_chunk = sg ? kMaxSegs * XdpPort::kFrameBytes - wire::kFrameOverhead
+                               : XdpPort::kMaxRxFrame - wire::kFrameOverhead;
     return static_cast<uint32_t>(std::min(by_mtu, by_chunk) & ~size_t(7));
 }
 
