@@ -705,6 +705,10 @@ void XdpSession::stream_done(Stream& s, size_t index) {
 }
 
 void XdpSession::send_acks() {
+    if (receiving_ && have_manifest_ && rx_complete_ == rx_streams_.size()) {
+        ack_due_.clear();  // the transfer is complete: the DONE about to go says it all
+        return;
+    }
     const uint32_t window = rx_window();
     for (auto [id, hi] : ack_due_) {
         Stream* s = rx_stream(id);
