@@ -195,6 +195,10 @@ py::dict net_stats_dict(const chainio::net::NetStats& s) {
     d["kicks"] = s.kicks;
     d["ring_enters"] = s.ring_enters;
     d["timeouts_fired"] = s.timeouts_fired;
+    d["xsk_rx_dropped"] = s.xsk_rx_dropped;
+    d["xsk_rx_ring_full"] = s.xsk_rx_ring_full;
+    d["xsk_rx_fill_empty"] = s.xsk_rx_fill_empty;
+    d["xsk_invalid_descs"] = s.xsk_invalid_descs;
     return d;
 }
 

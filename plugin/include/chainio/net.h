@@ -45,7 +45,8 @@ struct NetOptions {
 
 /// Counters of one session (monotonic).
 struct NetStats {
-    uint64_t bytes_sent = 0;        ///< object payload bytes put on the wire (retransmits too)
+    uint64_t bytes_sent = 0;        ///< payload bytes put on the wire: objects, retransmits and
+                                    ///< (AF_XDP) the manifest, 8 + 16 bytes per object
     uint64_t bytes_received = 0;    ///< object payload bytes accepted (duplicates excluded)
     uint64_t frames_sent = 0;       ///< data frames (AF_XDP) or data messages (TCP) sent
     uint64_t frames_received = 0;   ///< data frames/messages accepted
@@ -60,6 +61,11 @@ struct NetStats {
     uint64_t kicks = 0;             ///< TX wakeups (sendmsg on the AF_XDP socket)
     uint64_t ring_enters = 0;       ///< io_uring_enter calls made by the session's ring
     uint64_t timeouts_fired = 0;    ///< retransmission timer expirations
+    // The kernel's counters of the AF_XDP socket (XDP_STATISTICS); 0 on TCP.
+    uint64_t xsk_rx_dropped = 0;         ///< frames the kernel dropped for us (no room, too big)
+    uint64_t xsk_rx_ring_full = 0;       ///< ... because our RX ring was full
+    uint64_t xsk_rx_fill_empty = 0;      ///< ... because our fill ring had no chunk
+    uint64_t xsk_invalid_descs = 0;      ///< RX + TX descriptors the kernel refused
 };
 
 /// A writable destination or readable source of one object.

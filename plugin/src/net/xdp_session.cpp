@@ -15,6 +15,7 @@
 // Everything runs on the calling thread: the ring multishot-polls the socket, its wait timeout is
 // the retransmission timer, and TX is kicked with sendto(MSG_DONTWAIT) (see kick()).
 
+#include <linux/if_xdp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
@@ -34,6 +35,8 @@ namespace {
 constexpr uint16_t kManifestStream = 0xffff;
 constexpr uint8_t kDoneFrame = 3;  // wire::Frame has kData/kAck; DONE: window = status errno
 constexpr uint32_t kRxBatch = 64;
+constexpr uint32_t kAckEvery = 32;
+constexpr int64_t kAckDelay = 100'000;  // ns
 constexpr uint32_t kMaxSegs = 4;
 constexpr uint32_t kPktContd = 1;  // XDP_PKT_CONTD: not in bookworm's UAPI headers  // chunks per frame: 3 at MTU 9000
 
@@ -88,6 +91,18 @@ public:
 
     Status send(std::span<const Span> objects) override;
     Status recv(const std::function<void*(size_t, size_t)>& place) override;
+    NetStats stats() const override {
+        NetStats s = stats_;
+        xdp_statistics x{};
+        socklen_t len = sizeof(x);
+        if (getsockopt(port_->fd(), SOL_XDP, XDP_STATISTICS, &x, &len) == 0) {
+            s.xsk_rx_dropped = x.rx_dropped;
+            s.xsk_rx_ring_full = x.rx_ring_full;
+            s.xsk_rx_fill_empty = x.rx_fill_ring_empty_descs;
+            s.xsk_invalid_descs = x.rx_invalid_descs + x.tx_invalid_descs;
+        }
+        return s;
+    }
 
 private:
     // ---- frames
@@ -115,7 +130,10 @@ private:
     bool on_data(const wire::FrameHeader& h, const Pieces& payload);
     Status manifest_arrived();
     void stream_done(Stream& s, size_t index);
-    void send_acks();
+    /// Acknowledges what arrived: at once when `force`, else only once kAckEvery frames are
+    /// unacknowledged or kAckDelay has passed since the last ACK (an ACK per frame would cost
+    /// the receiver a frame and a sendto for every frame it gets).
+    void send_acks(bool force = false);
     void send_done(uint32_t transfer, int status);
 
     void on_cqe(uint64_t tag, int res, uint32_t flags) override;
@@ -163,7 +181,9 @@ private:
     uint32_t early_chunks_ = 0;
     RxFrame partial_;  // chunks of a multi-buffer frame whose last chunk has not come yet
     uint32_t chunks_per_frame_ = 1;
-    std::vector<std::pair<uint16_t, uint32_t>> ack_due_;  // stream, highest seq this batch
+    std::vector<std::pair<uint16_t, uint32_t>> ack_due_;  // stream, highest seq unacknowledged
+    uint32_t ack_frames_ = 0;   // frames received since the last ACK
+    int64_t last_ack_sent_ns_ = 0;
     Status rx_error_;
 };
 
@@ -440,6 +460,7 @@ void XdpSession::send_chunk(uint16_t id, uint32_t seq, bool again) {
 void XdpSession::fill_window(bool* progress) {
     const int64_t now = now_ns();
     // Resends first: the oldest unacknowledged chunks whose RTO expired.
+    bool expired = false;
     while (!fifo_.empty() && !port_->free_tx.empty()) {
         auto [id, seq] = fifo_.front();
         Stream& s = tx_stream(id);
@@ -449,6 +470,8 @@ void XdpSession::fill_window(bool* progress) {
         }
         if (s.sent_ns[seq] + rto_ > now) break;
         fifo_.pop_front();
+        if (!expired) ++stats_.timeouts_fired;
+        expired = true;
         send_chunk(id, seq, true);
         *progress = true;
     }
@@ -651,6 +674,7 @@ bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload) {
         ++stats_.frames_received;
         if (h.stream != kManifestStream) stats_.bytes_received += h.len;
     }
+    ++ack_frames_;
     auto due = std::find_if(ack_due_.begin(), ack_due_.end(),
                             [&](const auto& p) { return p.first == h.stream; });
     if (due == ack_due_.end()) {
@@ -704,11 +728,17 @@ void XdpSession::stream_done(Stream& s, size_t index) {
     }
 }
 
-void XdpSession::send_acks() {
+void XdpSession::send_acks(bool force) {
     if (receiving_ && have_manifest_ && rx_complete_ == rx_streams_.size()) {
         ack_due_.clear();  // the transfer is complete: the DONE about to go says it all
+        ack_frames_ = 0;
         return;
     }
+    if (ack_due_.empty()) return;
+    const int64_t now = now_ns();
+    if (!force && ack_frames_ < kAckEvery && now - last_ack_sent_ns_ < kAckDelay) return;
+    ack_frames_ = 0;
+    last_ack_sent_ns_ = now;
     const uint32_t window = rx_window();
     for (auto [id, hi] : ack_due_) {
         Stream* s = rx_stream(id);
@@ -748,7 +778,7 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
     // Frames kept before this call belong to this transfer: handle them now.
     {
         replay_early();
-        send_acks();
+        send_acks(true);
     }
     Status st;
     const uint32_t transfer = last_done_transfer_ + 1;
@@ -768,10 +798,10 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
             return fail(st, false);
         }
         if (st = check_silence(have_manifest_ ? "object bytes" : "a transfer"); !st) break;
+        const bool block = !options_.busy_poll && !progress && !tx_backlog();
+        send_acks(block);  // nothing more to read now: acknowledge before sleeping
         arm_poll();
-        if (st = pump(!options_.busy_poll && !progress && !tx_backlog(), now_ns() + 50'000'000);
-            !st)
-            break;
+        if (st = pump(block, now_ns() + 50'000'000); !st) break;
     }
     receiving_ = false;
     place_ = nullptr;
