@@ -20,6 +20,7 @@ public:
         : SessionCore(fd, token, o, std::move(fallback)) {
         count_sends_as_heard_ = true;
     }
+    ~TcpSession() override { close(); }
 
     TransportKind kind() const override { return TransportKind::kTcp; }
     std::string describe() const override { return "TCP (io_uring SENDMSG/RECV)"; }

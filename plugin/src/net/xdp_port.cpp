@@ -5,6 +5,7 @@
 #include <bpf/libbpf.h>
 #include <linux/if_link.h>
 #include <linux/if_xdp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -19,7 +20,14 @@ namespace chainio::net {
 namespace {
 
 std::mutex g_claims_mu;
-std::set<unsigned> g_claims;  // interfaces with an XdpPort in this process
+// Interfaces with an XdpPort in this process: (network namespace inode, ifindex), since
+// interface numbers repeat across namespaces (each veth end may be ifindex 2 in its own).
+std::set<std::pair<uint64_t, unsigned>> g_claims;
+
+uint64_t netns_id() {
+    struct stat st {};
+    return stat("/proc/thread-self/ns/net", &st) == 0 ? st.st_ino : 0;
+}
 
 // Not in bookworm's UAPI headers (Linux 6.6+).
 constexpr uint16_t kXdpUseSg = 1 << 4;
@@ -36,7 +44,8 @@ Result<std::unique_ptr<XdpPort>> XdpPort::open(const LocalInterface& itf, uint32
     p->ifname_ = itf.name;
     {
         std::lock_guard<std::mutex> lock(g_claims_mu);
-        if (!g_claims.insert(itf.ifindex).second)
+        p->netns_ = netns_id();
+        if (!g_claims.insert({p->netns_, itf.ifindex}).second)
             return Status(EBUSY, "this process already runs an AF_XDP session on " + itf.name);
         p->claimed_ = true;
     }
@@ -137,7 +146,7 @@ XdpPort::~XdpPort() {
     if (skel_) xdp_steer_bpf__destroy(skel_);
     if (claimed_) {
         std::lock_guard<std::mutex> lock(g_claims_mu);
-        g_claims.erase(ifindex_);
+        g_claims.erase({netns_, ifindex_});
     }
 }
 

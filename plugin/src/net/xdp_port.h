@@ -66,6 +66,7 @@ private:
     xdp_steer_bpf* skel_ = nullptr;
     bpf_link* link_ = nullptr;
     unsigned ifindex_ = 0;
+    uint64_t netns_ = 0;
     bool claimed_ = false;
     bool zero_copy_ = false;
     bool frags_ = false;

@@ -80,8 +80,8 @@ public:
     }
 
     ~XdpSession() override {
-        // The ring may still reference the socket: cancel before the port goes.
-        if (ring_ok_ && inflight_ops_) (void)fail(Status(ECANCELED, "session destroyed"), false);
+        // Say goodbye, and cancel what the ring holds before the socket and UMEM go.
+        close();
     }
 
     TransportKind kind() const override { return TransportKind::kXdp; }
@@ -602,8 +602,7 @@ Status XdpSession::send(std::span<const Span> objects) {
                      ? Status(m.header.b ? static_cast<int>(m.header.b) : EPROTO,
                               "the peer failed: " + std::string(m.body.begin(), m.body.end()))
                      : Status(ECONNRESET, "the peer closed the session");
-            sending_ = false;
-            return fail(st, false);
+            break;
         }
         if (st = check_silence("acknowledgements"); !st) break;
         arm_poll();
@@ -615,10 +614,15 @@ Status XdpSession::send(std::span<const Span> objects) {
         if (all_acked) wake = std::min(wake, last_ack_ns_ + rto_);
         if (st = pump(!options_.busy_poll && !progress && !tx_backlog(), wake); !st) break;
     }
+    if (!st && !tx_done_) {
+        // A peer that confirmed and then closed: its DONE frame may have come with the close.
+        bool ignored = false;
+        reap_completions();
+        process_rx(&ignored);
+    }
     sending_ = false;
-    if (!st) return fail(st);
-    if (st = tx_result_; !st) return st;
-    return {};
+    if (tx_done_) return tx_result_;
+    return fail(st, st.code() != -ECONNRESET);
 }
 
 // ---------------------------------------------------------------- receiver
