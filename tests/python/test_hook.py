@@ -1,8 +1,12 @@
 """chainio_torch.patch(): safetensors and Hugging Face code load through ChainIO, unchanged."""
 
 import gc
+import json
 import os
+import site
+import subprocess
 import sys
+import textwrap
 import types
 
 import pytest
@@ -296,3 +300,65 @@ def test_malformed_shard_raises_what_except_safetensor_error_catches(workdir):
             assert isinstance(e, ValueError)
         else:
             pytest.fail("a malformed file opened")
+
+
+def installed_pth():
+    for d in site.getsitepackages() + [site.getusersitepackages()]:
+        p = os.path.join(d, "chainio_autopatch.pth")
+        if os.path.exists(p):
+            return p
+    return None
+
+
+AUTOPATCH_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    early = {m: m in sys.modules for m in ("torch", "safetensors", "chainio_torch")}
+    import transformers
+    model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1])
+    import safetensors, transformers.modeling_utils as tmu
+    out = {"early": early, "safe_open": f"{safetensors.safe_open.__module__}",
+           "tmu_safe_open": f"{tmu.safe_open.__module__}"}
+    if "chainio_torch" in sys.modules:
+        import chainio_torch
+        out["stats"] = chainio_torch.stats()
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_autopatch_env_patches_without_code_changes(workdir, tmp_path):
+    assert installed_pth(), ("chainio_autopatch.pth is not in site-packages: install the package "
+                             "with pip (the wheel puts it there)")
+    files = save_sharded(tiny_llama, workdir)
+    script = tmp_path / "user_script.py"
+    script.write_text(AUTOPATCH_SCRIPT)
+
+    def run(**env):
+        e = {k: v for k, v in os.environ.items() if not k.startswith("CHAINIO_")}
+        e.update(env)
+        p = subprocess.run([sys.executable, str(script), workdir], capture_output=True, text=True,
+                           cwd=tmp_path, env=e, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1]
+        return json.loads(line[len("RESULT "):])
+
+    evict(files)
+    on = run(CHAINIO_AUTOPATCH="1")
+    assert on["early"] == {"torch": False, "safetensors": False, "chainio_torch": True}
+    assert on["safe_open"] == on["tmu_safe_open"] == "chainio_torch.hook"
+    assert on["stats"]["chainio"]["files"] == len(files)
+    assert on["stats"]["passthrough"]["files"] == 0
+
+    for value in (None, "0", ""):
+        off = run(**({} if value is None else {"CHAINIO_AUTOPATCH": value}))
+        assert off["early"]["chainio_torch"] is False, value
+        assert off["safe_open"] == "builtins" and off["tmu_safe_open"] == "builtins", value
+        assert "stats" not in off, value
+
+
+def test_autopatch_pth_line_does_nothing_when_unset(monkeypatch):
+    line = open(installed_pth() or pytest.fail("chainio_autopatch.pth missing")).read().strip()
+    assert line.startswith("import ") and "\n" not in line
+    monkeypatch.delenv("CHAINIO_AUTOPATCH", raising=False)
+    before = set(sys.modules), list(sys.meta_path)
+    exec(line, {})
+    assert (set(sys.modules), list(sys.meta_path)) == before
