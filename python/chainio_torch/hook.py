@@ -40,6 +40,7 @@ MODES = ("auto", "always")
 _TORCH_FRAMEWORKS = ("pt", "torch", "pytorch")
 _SERVED_BACKENDS = ("mmap", "pread")
 _HOT_FRACTION = 0.5  # the engine's own rule: a range >= 50% resident is read from the page cache
+_READAHEAD_MIB = 128  # default of $CHAINIO_HOOK_READAHEAD_MIB
 
 # (module, attribute) of every object the hook replaces.
 _TARGETS: Tuple[Tuple[str, str], ...] = (
@@ -70,7 +71,7 @@ class _Stats:
         if e is None:
             e = self._paths[key] = {"chainio_calls": 0, "chainio_bytes": 0,
                                     "passthrough_calls": 0, "passthrough_bytes": 0,
-                                    "reasons": set()}
+                                    "readahead_unused_bytes": 0, "reasons": set()}
         return e
 
     def served(self, key: str, calls: int = 0, nbytes: int = 0) -> None:
@@ -78,6 +79,10 @@ class _Stats:
             e = self._entry(key)
             e["chainio_calls"] += calls
             e["chainio_bytes"] += nbytes
+
+    def read_ahead_unused(self, key: str, nbytes: int) -> None:
+        with self._lock:
+            self._entry(key)["readahead_unused_bytes"] += nbytes
 
     def passed(self, key: str, nbytes: int, reason: str) -> None:
         with self._lock:
@@ -176,10 +181,14 @@ def unpatch() -> None:
         _sites.clear()
         original_of = {id(_REPLACEMENTS[key]): (_REPLACEMENTS[key], orig)
                        for key, orig in _originals.items()}
-        for _mod, d, name, value in _module_attributes():
-            hit = original_of.get(id(value))
-            if hit is not None and hit[0] is value:
-                d[name] = hit[1]
+        for _name, _mod, d in _module_dicts():
+            if original_of.keys().isdisjoint(map(id, list(d.values()))):
+                continue
+            hits = [(name, value) for name, value in list(d.items()) if id(value) in original_of]
+            for name, value in hits:
+                repl, orig = original_of[id(value)]
+                if value is repl:
+                    d[name] = orig
         _active = False
 
 
@@ -231,32 +240,39 @@ def _install() -> None:
         return
     by_id = {id(orig): (orig, _REPLACEMENTS[key]) for key, orig in _originals.items()}
     keep = {id(_REPLACEMENTS[key]): _originals[key] for key in _originals}
-    for mod, d, name, value in _module_attributes():
-        if (mod.__name__, name) in _KEEP_ORIGINAL:
-            orig = keep.get(id(value))
-            if orig is not None:  # imported while patched: it must see the original
-                d[name] = orig
+    for modname, mod, d in _module_dicts():
+        if by_id.keys().isdisjoint(map(id, list(d.values()))):  # most modules; runs in C
             continue
-        hit = by_id.get(id(value))
-        if hit is not None and hit[0] is value:
-            d[name] = hit[1]
-            _sites.append((mod, name, value))
+        hits = [(name, value) for name, value in list(d.items()) if id(value) in by_id]
+        for name, value in hits:
+            orig, repl = by_id[id(value)]
+            if value is orig and (modname, name) not in _KEEP_ORIGINAL:
+                d[name] = repl
+                _sites.append((mod, name, value))
+    for modname, name in _KEEP_ORIGINAL:  # imported while patched: it must see the original
+        d = _dict_of(sys.modules.get(modname))
+        if d is not None and id(d.get(name)) in keep:
+            d[name] = keep[id(d[name])]
     _active = True
 
 
-def _module_attributes():
-    """(module, its __dict__, name, value) for every attribute of every loaded module.
+def _dict_of(mod) -> Optional[dict]:
+    """A module's __dict__, read without getattr (lazy modules such as transformers' load
+    nothing), or None for what is not a module."""
+    if not isinstance(mod, types.ModuleType):
+        return None
+    try:
+        return object.__getattribute__(mod, "__dict__")
+    except AttributeError:
+        return None
 
-    Reads module dicts directly: no getattr, so lazy modules (transformers') load nothing."""
-    for mod in list(sys.modules.values()):
-        if not isinstance(mod, types.ModuleType):
-            continue
-        try:
-            d = object.__getattribute__(mod, "__dict__")
-        except AttributeError:
-            continue
-        for name, value in list(d.items()):
-            yield mod, d, name, value
+
+def _module_dicts():
+    """(name in sys.modules, module, its __dict__) for every loaded module."""
+    for name, mod in list(sys.modules.items()):
+        d = _dict_of(mod)
+        if d is not None:
+            yield name, mod, d
 
 
 def _original(key: Tuple[str, str]):
@@ -334,6 +350,19 @@ def _why_not(path: Optional[str], framework: str, device, backend, extra) -> Opt
         if frac is not None and frac >= _HOT_FRACTION:
             return f"page cache ({frac:.0%} resident, safetensors maps it)"
     return None
+
+
+def _readahead_bytes() -> int:
+    """safe_open's readahead window: $CHAINIO_HOOK_READAHEAD_MIB (0 turns it off), default 128.
+
+    transformers materializes tensor after tensor from a few threads; without readahead ChainIO
+    would see one or two tensors in flight instead of a deep queue."""
+    raw = os.environ.get("CHAINIO_HOOK_READAHEAD_MIB", "")
+    try:
+        mib = float(raw) if raw.strip() else _READAHEAD_MIB
+    except ValueError:
+        raise ValueError(f"CHAINIO_HOOK_READAHEAD_MIB must be a number of MiB, got {raw!r}") from None
+    return max(0, int(mib * 2**20))
 
 
 # ------------------------------------------------------------------------ page cache residency
@@ -495,7 +524,7 @@ def _served_class():
         """chainio_torch.loader.safe_open that counts its reads and closes like safetensors'."""
 
         def __init__(self, path, device, key):
-            super().__init__(path, framework="pt", device=device)
+            super().__init__(path, framework="pt", device=device, readahead=_readahead_bytes())
             self._key = key
             self._closed = False
 
@@ -505,6 +534,9 @@ def _served_class():
 
         def __exit__(self, *exc):
             self._closed = True
+            unused = self._drain()
+            if unused:
+                _stats.read_ahead_unused(self._key, unused)
             return None
 
         def keys(self):

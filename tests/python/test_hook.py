@@ -131,6 +131,7 @@ def test_from_pretrained_reads_every_shard_through_chainio(workdir, make, dtype)
         assert entry["chainio_calls"] >= 1, (f, entry)
         assert entry["chainio_bytes"] == read_header(f).data_bytes, (f, entry)
         assert entry["passthrough_calls"] == 0, (f, entry)
+        assert entry["readahead_unused_bytes"] == 0, (f, entry)  # all it read ahead was used
     assert s["chainio"]["files"] == len(files)
     assert s["passthrough"]["files"] == 0
     # And the parameters live in ChainIO's memory, not in a mapping of the files.
@@ -227,7 +228,7 @@ def test_what_the_hook_cannot_serve_goes_to_the_original(workdir):
     assert e["chainio_calls"] == 1
     assert s["paths"]["<bytes>"] == {"chainio_calls": 0, "chainio_bytes": 0,
                                      "passthrough_calls": 1, "passthrough_bytes": len(data),
-                                     "reasons": ["bytes in memory"]}
+                                     "readahead_unused_bytes": 0, "reasons": ["bytes in memory"]}
     assert s["passthrough"] == {"files": 2, "calls": 5, "bytes": 4 * len(data) + len(data)}
 
 
