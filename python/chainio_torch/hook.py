@@ -348,7 +348,7 @@ def _why_not(path: Optional[str], framework: str, device, backend, extra) -> Opt
     if _mode == "auto" and backend == "mmap" and dev_type == "cpu":
         frac = resident_fraction(path)
         if frac is not None and frac >= _HOT_FRACTION:
-            return f"page cache ({frac:.0%} resident, safetensors maps it)"
+            return "in the page cache (safetensors maps it)"
     return None
 
 
