@@ -24,7 +24,9 @@ modeling module) and patch() happen before the clock. Cold runs follow sync + dr
 runs follow a `cat` of the shards; before each run the driver waits --settle-s so that memory
 freed by the previous run has gone back to the host. Runs are interleaved across variants, the
 order rotating each round; medians of --runs. Each run's parameters are checked against the
-shard headers and a sampled digest of the files.
+shard headers and a sampled digest of the files. A reference run in the cold rounds, "memfault"
+(load_worker.py), faults in as much fresh anonymous memory as the checkpoint holds and reads
+nothing: in this VM that, not the disk, bounds a loader whose tensors own their memory.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ from load_bench import busy_seconds, children_cpu, noise_warning, warm_files  # 
 
 ROOT = os.path.dirname(HERE)
 VARIANTS = ["stock", "hook", "hook-always"]
+REFS = ["memfault"]  # not a load: the cost of the fresh memory alone, cold rows only
 LABELS = {
     "stock": "from_pretrained (safetensors mmap)",
     "hook": "from_pretrained + ChainIO hook (auto)",
     "hook-always": "from_pretrained + ChainIO hook (always)",
+    "memfault": "reference: fault in fresh memory, no I/O",
 }
 PACKAGES = ["torch", "transformers", "safetensors", "chainio-torch"]
 TARGETS = {"cold": 1.3, "hot": 1.0}
@@ -92,7 +96,7 @@ def versions() -> dict:
 def summarize(results: list[dict]) -> list[dict]:
     rows = []
     for cache in ("cold", "hot"):
-        for variant in VARIANTS:
+        for variant in VARIANTS + REFS:
             rs = [r for r in results if r["variant"] == variant and r["cache"] == cache]
             if not rs:
                 continue
@@ -111,6 +115,7 @@ def summarize(results: list[dict]) -> list[dict]:
                     peak_rss_mib=median([r["peak_rss"] for r in ok]) / 2**20,
                     mmap_backed_mib=median([r["mmap_backed_bytes"] for r in ok]) / 2**20,
                     patch_ms=median([r.get("patch_seconds", 0) for r in ok]) * 1e3,
+                    digest_checked=all(r.get("digest") is not None for r in ok),
                     background_cores=median([r.get("background_cores") for r in ok]),
                 )
                 hooks = [r["hook"] for r in ok if "hook" in r]
@@ -141,7 +146,13 @@ def targets(rows: list[dict], shards: int) -> list[dict]:
             out.append({"target": f"{cache}: same with mode=\"always\" (context: ChainIO reads "
                                   f"every shard)", "ratio": stock["seconds"] / always["seconds"],
                         "need": None, "met": None})
-    cold = get("hook", "cold")
+    mem, cold = get("memfault", "cold"), get("hook", "cold")
+    if mem and cold:
+        out.append({"target": f"cold: hook vs faulting in {cold['bytes'] / 2**30:.2f} GiB of fresh "
+                              f"memory alone ({mem['seconds']:.2f} s, {os.cpu_count()} threads, "
+                              f"no I/O, no model): context, the floor of any loader whose "
+                              f"tensors own their memory (memfault s / hook s)",
+                    "ratio": mem["seconds"] / cold["seconds"], "need": None, "met": None})
     if cold and "chainio_files" in cold:
         out.append({"target": f"cold: every shard served by ChainIO in every run "
                               f"({cold['chainio_files']} of {shards})",
@@ -192,6 +203,12 @@ def fmt_targets(tg: list[dict], markdown: bool) -> str:
     return "\n".join(lines)
 
 
+def patch_note(rows: list[dict]) -> str:
+    ms = [r["patch_ms"] for r in rows if r.get("runs") and r["variant"] != "stock"]
+    return (f"chainio_torch.patch() itself (before the clock, with torch and transformers "
+            f"imported): median {median(ms):.1f} ms." if ms else "")
+
+
 def title_of(payload: dict) -> str:
     m, c = payload["machine"], payload["config"]
     return (f"hf_bench: from_pretrained of a {c['bytes'] / 2**30:.2f} GiB Llama bf16 checkpoint "
@@ -226,7 +243,8 @@ def plot(payload: dict, png: str) -> None:
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds until every parameter is in memory (median; bar = min-max)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlim(0, max(r["seconds_max"] for r in rows) * 1.2)
+    ax.legend(fontsize=8, loc="center right")  # beside the short hot bars
     fig.suptitle(title_of(payload), fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
@@ -251,6 +269,7 @@ def write_markdown(payload: dict, path: str) -> None:
            f"{payload.get('background_cores_median') or 0:.2f} cores during the median run.", ""]),
         fmt_table(payload["summary"], markdown=True), "",
         fmt_targets(payload["targets"], markdown=True), "",
+        patch_note(payload["summary"]), "",
         "![hf_bench](hf_bench.png)", "",
     ]
     with open(path, "w") as f:
@@ -277,6 +296,7 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma separated subset of {','.join(VARIANTS)}")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-ref", action="store_true", help="skip the memfault reference runs")
     ap.add_argument("--cache", default="cold,hot", help="cold, hot or cold,hot")
     ap.add_argument("--settle-s", type=float, default=3.0,
                     help="pause before each run so freed memory returns to the host first")
@@ -329,19 +349,21 @@ def main() -> int:
     run_variant("stock", directory, args.timeout_s)
 
     results: list[dict] = []
-    total = len(caches) * len(variants) * args.runs
+    total = (len(caches) * len(variants) + (0 if args.no_ref or "cold" not in caches
+                                            else len(REFS))) * args.runs
     start, done = time.time(), 0
     for rnd in range(args.runs):
         for cache in caches:
-            k = rnd % len(variants)
-            for variant in variants[k:] + variants[:k]:
+            names = variants + (REFS if cache == "cold" and not args.no_ref else [])
+            k = rnd % len(names)
+            for variant in names[k:] + names[:k]:
                 if cache == "cold":
                     drop_caches()
                 else:
                     warm_files(paths)
                 time.sleep(args.settle_s)
                 r = run_variant(variant, directory, args.timeout_s)
-                if r.get("status") == "ok" and r.get("digest") != reference:
+                if r.get("status") == "ok" and variant not in REFS and r.get("digest") != reference:
                     r.update(status="failed", error="sampled digest differs from the files'")
                 r.update(cache=cache, round=rnd)
                 results.append(r)
@@ -360,6 +382,7 @@ def main() -> int:
     print(fmt_table(payload["summary"], markdown=False))
     print()
     print(fmt_targets(payload["targets"], markdown=False))
+    print(patch_note(payload["summary"]))
     if payload.get("noise_warning"):
         print("\nWARNING: " + payload["noise_warning"])
     write_outputs(payload, args.out)

@@ -5,7 +5,9 @@
 
 VARIANT is `stock` (transformers and safetensors as installed), `hook` (the same call after
 `chainio_torch.patch()`, default "auto" mode) or `hook-always` (`patch(mode="always")`: ChainIO
-reads every shard, even one already in the page cache). Run by bench/hf_bench.py, once per run.
+reads every shard, even one already in the page cache); `memfault` is the reference
+load_worker.py defines: fault in as much fresh memory as the checkpoint holds, read nothing.
+Run by bench/hf_bench.py, once per run.
 
 Outside the clock: importing torch, transformers and chainio_torch, importing the model's
 modeling module (transformers loads it lazily on the first from_pretrained; that one-time import
@@ -30,7 +32,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load_worker  # noqa: E402
 
-VARIANTS = ("stock", "hook", "hook-always")
+VARIANTS = ("stock", "hook", "hook-always", "memfault")
 
 
 def main() -> int:
@@ -41,6 +43,12 @@ def main() -> int:
             raise ValueError(f"unknown variant {variant!r}")
         os.environ.setdefault("TQDM_DISABLE", "1")
         paths = load_worker.shard_files(directory)
+        if variant == "memfault":  # the reference: fresh memory alone, no I/O, no model
+            r = load_worker.memfault(paths)
+            result.update(r, call_seconds=r["seconds"], materialize_seconds=0.0,
+                          mmap_backed_bytes=0, digest=None)
+            print("RESULT " + json.dumps(result), flush=True)
+            os._exit(0)
         import torch
         import transformers
 
