@@ -17,6 +17,9 @@ mode, a file that is mostly in the page cache already and asked for with the ``"
 on the CPU: safetensors then maps it without reading anything, which no copying loader can beat.
 A file whose header ChainIO's parser rejects is handed to the original too; if the original
 rejects it as well, ChainIO's ``SafetensorError`` is raised (a subclass of safetensors' own).
+A served ``safe_open`` reads ahead (``$CHAINIO_HOOK_READAHEAD_MIB``, default 128 MiB) when whole
+tensors are read in file order, as ``from_pretrained`` does, so that the engine keeps a deep
+queue (see ``chainio_torch.loader.safe_open``).
 
 ``stats()`` counts calls, files and bytes on both sides, per path, with the reasons for every
 pass-through. This module imports neither torch nor safetensors by itself: it is what the
@@ -118,10 +121,12 @@ def stats() -> Dict[str, Any]:
     ``{"patched": bool, "mode": str,
        "chainio": {"files", "calls", "bytes"}, "passthrough": {"files", "calls", "bytes"},
        "paths": {path: {"chainio_calls", "chainio_bytes", "passthrough_calls",
-                        "passthrough_bytes", "reasons": [...]}}}``
+                        "passthrough_bytes", "readahead_unused_bytes", "reasons": [...]}}}``
 
-    ChainIO bytes are the tensor bytes it read. Pass-through bytes are the size of what was handed
-    to safetensors (the file, or the ``bytes`` object): what safetensors then reads is up to it.
+    ChainIO bytes are the tensor bytes it read and handed out; ``readahead_unused_bytes`` those
+    that ``safe_open``'s readahead read but nobody asked for before ``__exit__``. Pass-through
+    bytes are the size of what was handed to safetensors (the file, or the ``bytes`` object):
+    what safetensors then reads is up to it.
     Paths are absolute; an argument that is not a path is keyed ``<bytes>``, ``<fd 5>`` or
     ``<TypeName>``. A path can show up on both sides (opened twice, once hot and once cold).
     """
