@@ -229,8 +229,11 @@ def plot(payload: dict, png: str) -> None:
     for cache in ("cold", "hot"):
         for r in [r for r in rows if r["cache"] == cache]:
             call, touch = r["call_seconds"], r["materialize_seconds"]
-            ax.barh(y, call, color=colors["call_seconds"],
-                    label="from_pretrained call" if y == 0 else None)
+            if r["variant"] in REFS:
+                ax.barh(y, call, color="#999999", label="reference (no I/O, no model)")
+            else:
+                ax.barh(y, call, color=colors["call_seconds"],
+                        label="from_pretrained call" if y == 0 else None)
             ax.barh(y, touch, left=call, color=colors["materialize_seconds"],
                     label="touching mmap-backed pages" if y == 0 else None)
             ax.errorbar(r["seconds"], y, xerr=[[r["seconds"] - r["seconds_min"]],

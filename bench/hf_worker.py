@@ -88,6 +88,8 @@ def main() -> int:
             result["hook"] = {
                 "chainio_files": s["chainio"]["files"], "chainio_bytes": s["chainio"]["bytes"],
                 "passthrough_files": s["passthrough"]["files"],
+                "readahead_unused_bytes": sum(e["readahead_unused_bytes"]
+                                              for e in s["paths"].values()),
                 "reasons": sorted({r for e in s["paths"].values() for r in e["reasons"]}),
             }
             result["engine"] = chainio_torch.default_engine().stats()
