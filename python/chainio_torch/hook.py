@@ -366,7 +366,8 @@ def _readahead_bytes() -> int:
     try:
         mib = float(raw) if raw.strip() else _READAHEAD_MIB
     except ValueError:
-        raise ValueError(f"CHAINIO_HOOK_READAHEAD_MIB must be a number of MiB, got {raw!r}") from None
+        raise ValueError(f"CHAINIO_HOOK_READAHEAD_MIB must be a number of MiB, "
+                         f"got {raw!r}") from None
     return max(0, int(mib * 2**20))
 
 

@@ -76,8 +76,9 @@ def evict(paths):
 
 def tiny_llama():
     cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128, tie_word_embeddings=False)
+                                   num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=128,
+                                   tie_word_embeddings=False)
     return transformers.LlamaForCausalLM(cfg)
 
 
