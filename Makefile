@@ -5,7 +5,7 @@ ASAN      ?= build-asan
 JOBS      ?= 2
 PIP       := $(PY) -m pip install -q --disable-pip-version-check --root-user-action=ignore
 
-.PHONY: all setup build build-asan install demo test test-cpp test-asan test-python bench clean
+.PHONY: all setup build build-asan install demo test test-cpp test-asan test-python test-net bench clean
 
 all: build
 
@@ -38,7 +38,11 @@ test-asan: build-asan
 test-python: install
 	$(PY) -m pytest -q tests/python
 
-test: test-cpp test-asan test-python fuzz
+# Two network namespaces joined by veth (root): AF_XDP and TCP sessions, impairments, failures.
+test-net: install
+	$(PY) -m pytest -q tests/net
+
+test: test-cpp test-asan test-python test-net fuzz
 
 bench: build install
 	$(PY) bench/read_bench.py

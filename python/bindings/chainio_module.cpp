@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "chainio/engine.h"
+#include "chainio/net.h"
 #include "chainio/safetensors.h"
 
 namespace py = pybind11;
@@ -155,6 +156,61 @@ py::dict header_dict(const chainio::safetensors::Header& h) {
     return d;
 }
 
+// ---- peer transfers (chainio/net.h)
+
+chainio::net::NetOptions net_options(const std::string& transport, const std::string& ifname,
+                                     uint32_t timeout_ms, bool busy_poll) {
+    auto kind = chainio::net::parse_transport(transport);
+    if (!kind) raise_status(kind.status());
+    chainio::net::NetOptions o;
+    o.transport = kind.value();
+    o.ifname = ifname;
+    o.timeout_ms = timeout_ms;
+    o.busy_poll = busy_poll;
+    return o;
+}
+
+struct PySession {
+    std::unique_ptr<chainio::net::Session> s;
+    chainio::net::Session& get() {
+        if (!s) throw py::value_error("the session is closed");
+        return *s;
+    }
+};
+
+py::dict net_stats_dict(const chainio::net::NetStats& s) {
+    py::dict d;
+    d["bytes_sent"] = s.bytes_sent;
+    d["bytes_received"] = s.bytes_received;
+    d["frames_sent"] = s.frames_sent;
+    d["frames_received"] = s.frames_received;
+    d["acks_sent"] = s.acks_sent;
+    d["acks_received"] = s.acks_received;
+    d["retransmits"] = s.retransmits;
+    d["duplicates"] = s.duplicates;
+    d["dropped_bad_token"] = s.dropped_bad_token;
+    d["dropped_bad_check"] = s.dropped_bad_check;
+    d["dropped_bad_len"] = s.dropped_bad_len;
+    d["dropped_stale"] = s.dropped_stale;
+    d["kicks"] = s.kicks;
+    d["ring_enters"] = s.ring_enters;
+    d["timeouts_fired"] = s.timeouts_fired;
+    d["xsk_rx_dropped"] = s.xsk_rx_dropped;
+    d["xsk_rx_ring_full"] = s.xsk_rx_ring_full;
+    d["xsk_rx_fill_empty"] = s.xsk_rx_fill_empty;
+    d["xsk_invalid_descs"] = s.xsk_invalid_descs;
+    return d;
+}
+
+void net_recv(PySession& self, const std::function<void*(size_t, size_t)>& place) {
+    Status st;
+    {
+        py::gil_scoped_release release;
+        st = self.get().recv(place);
+    }
+    if (!st.is_ok()) raise_status(st);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -280,4 +336,117 @@ PYBIND11_MODULE(_C, m) {
         "Parse and validate a safetensors header. Returns data_offset, data_bytes, tensors "
         "[(name, dtype, shape, begin, end)], metadata (dict or None), and the load plan "
         "(shift, buffer_bytes). Malformed files raise ValueError naming file, tensor and reason.");
+
+    py::class_<PySession>(m, "NetSession",
+                          "A connection to one ChainIO peer: whole objects, digest-checked, over "
+                          "AF_XDP or TCP. Blocking calls release the GIL.")
+        .def(
+            "send",
+            [](PySession& self, const py::list& objects) {
+                std::vector<py::buffer_info> infos;
+                std::vector<chainio::net::Span> spans;
+                for (const py::handle& o : objects) {
+                    infos.push_back(py::reinterpret_borrow<py::buffer>(o).request());
+                    spans.push_back({infos.back().ptr,
+                                     static_cast<size_t>(infos.back().size * infos.back().itemsize)});
+                }
+                Status st;
+                {
+                    py::gil_scoped_release release;
+                    st = self.get().send(spans);
+                }
+                if (!st.is_ok()) raise_status(st);
+            },
+            py::arg("objects"),
+            "Send every object (buffers) at once and return when the peer verified all of them.")
+        .def(
+            "recv",
+            [](PySession& self) {
+                py::list out;
+                auto place = [&](size_t, size_t size) -> void* {
+                    py::gil_scoped_acquire gil;
+                    py::object b = py::reinterpret_steal<py::object>(
+                        PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size)));
+                    if (!b) return nullptr;
+                    out.append(b);
+                    return size ? PyByteArray_AsString(b.ptr()) : reinterpret_cast<void*>(1);
+                };
+                net_recv(self, place);
+                return out;
+            },
+            "Receive the objects of the peer's next send() as a list of bytearrays.")
+        .def(
+            "recv_into",
+            [](PySession& self, const py::list& buffers) {
+                std::vector<py::buffer_info> infos;
+                for (const py::handle& o : buffers)
+                    infos.push_back(py::reinterpret_borrow<py::buffer>(o).request(true));
+                auto place = [&](size_t i, size_t size) -> void* {
+                    if (i >= infos.size()) return nullptr;
+                    const size_t cap = static_cast<size_t>(infos[i].size * infos[i].itemsize);
+                    if (cap != size) return nullptr;
+                    return size ? infos[i].ptr : reinterpret_cast<void*>(1);
+                };
+                net_recv(self, place);
+            },
+            py::arg("buffers"),
+            "Receive the peer's next send() into writable buffers whose sizes match its objects "
+            "(a mismatch fails the transfer on both sides with ENOMEM).")
+        .def_property_readonly("kind",
+                               [](PySession& self) {
+                                   return std::string(
+                                       chainio::net::transport_name(self.get().kind()));
+                               })
+        .def_property_readonly("fallback_reason",
+                               [](PySession& self) { return self.get().fallback_reason(); })
+        .def("describe", [](PySession& self) { return self.get().describe(); })
+        .def("stats", [](PySession& self) { return net_stats_dict(self.get().stats()); })
+        .def("close", [](PySession& self) {
+            if (self.s) {
+                py::gil_scoped_release release;
+                self.s->close();
+            }
+        });
+
+    py::class_<chainio::net::Listener>(m, "NetListener", "A TCP port accepting ChainIO peers.")
+        .def(py::init([](const std::string& ip, uint16_t port, const std::string& transport,
+                         const std::string& ifname, uint32_t timeout_ms, bool busy_poll) {
+                 auto l = chainio::net::Listener::create(
+                     ip, port, net_options(transport, ifname, timeout_ms, busy_poll));
+                 if (!l) raise_status(l.status());
+                 return std::move(l.value());
+             }),
+             py::arg("ip"), py::arg("port") = 0, py::arg("transport") = "auto",
+             py::arg("ifname") = "", py::arg("timeout_ms") = 5000, py::arg("busy_poll") = false)
+        .def_property_readonly("port", &chainio::net::Listener::port)
+        .def(
+            "accept",
+            [](chainio::net::Listener& l, uint32_t timeout_ms) {
+                chainio::Result<std::unique_ptr<chainio::net::Session>> r =
+                    Status(EINVAL, "unset");
+                {
+                    py::gil_scoped_release release;
+                    r = l.accept(timeout_ms);
+                }
+                if (!r) raise_status(r.status());
+                return PySession{std::move(r.value())};
+            },
+            py::arg("timeout_ms") = 10000, "Wait for one peer and run the hello.");
+
+    m.def(
+        "net_connect",
+        [](const std::string& ip, uint16_t port, const std::string& transport,
+           const std::string& ifname, uint32_t timeout_ms, bool busy_poll) {
+            const auto o = net_options(transport, ifname, timeout_ms, busy_poll);
+            chainio::Result<std::unique_ptr<chainio::net::Session>> r = Status(EINVAL, "unset");
+            {
+                py::gil_scoped_release release;
+                r = chainio::net::Session::connect(ip, port, o);
+            }
+            if (!r) raise_status(r.status());
+            return PySession{std::move(r.value())};
+        },
+        py::arg("ip"), py::arg("port"), py::arg("transport") = "auto", py::arg("ifname") = "",
+        py::arg("timeout_ms") = 5000, py::arg("busy_poll") = false,
+        "Connect to a NetListener; transport 'auto' uses AF_XDP when both sides can.");
 }

@@ -1,0 +1,129 @@
+#pragma once
+
+// What both transports share: the session's io_uring (driven by the calling thread), the TCP
+// control channel read and written through that ring, peer-silence deadlines, and failing
+// cleanly (nothing in flight into caller memory when an error is returned).
+
+#include <liburing.h>
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "chainio/net.h"
+#include "net/control.h"
+#include "net/wire.h"
+
+namespace chainio::net {
+
+/// One object of a transfer, with the per-chunk bookkeeping both ends keep.
+struct Stream {
+    uint8_t* data = nullptr;
+    size_t size = 0;
+    uint64_t digest = 0;
+    uint32_t chunks = 0;
+    uint32_t count = 0;     ///< chunks acknowledged (sender) or received (receiver)
+    uint32_t cum = 0;       ///< every chunk below it is acknowledged/received
+    uint32_t next_new = 0;  ///< sender: first chunk never sent
+    size_t count_bytes = 0; ///< TCP receiver: bytes arrived (in order)
+    std::vector<uint64_t> bits;
+    std::vector<int64_t> sent_ns;  ///< sender: time of the last send of each chunk
+    std::vector<uint64_t> resent;  ///< sender: chunk was sent more than once (no RTT sample)
+
+    void init(uint32_t n, bool sender);
+    bool has(uint32_t i) const { return bits[i >> 6] >> (i & 63) & 1; }
+    /// Marks chunk i; false if it was already marked.
+    bool mark(uint32_t i);
+    bool complete() const { return count == chunks; }
+};
+
+class SessionCore : public Session {
+public:
+    SessionCore(int fd, uint64_t token, const NetOptions& options, std::string fallback);
+    ~SessionCore() override;
+    /// Creates the ring and arms the control channel read.
+    Status start();
+    const std::string& fallback_reason() const override { return fallback_; }
+    NetStats stats() const override { return stats_; }
+    void close() override;
+
+protected:
+    enum Tag : uint64_t { kCtlRecv = 1, kCtlSend = 2, kXskPoll = 3, kXskKick = 4, kCancel = 5 };
+
+    /// Submits what is queued, then (may_block) waits for one completion or until wake_at_ns,
+    /// and dispatches every completion. Errors of the control channel are returned.
+    Status pump(bool may_block, int64_t wake_at_ns);
+    /// Completions of transport-owned operations (tags other than kCtl*).
+    virtual void on_cqe(uint64_t tag, int res, uint32_t flags) = 0;
+    /// Where the body of a DATA control message goes (TCP transport); nullptr: protocol error.
+    virtual uint8_t* data_target(const wire::MsgHeader& h) { (void)h; return nullptr; }
+    /// A DATA body has fully arrived at data_target(h).
+    virtual Status on_data(const wire::MsgHeader& h) { (void)h; return Status(EPROTO, "unexpected data"); }
+
+    /// Queues a control message; `body` is copied unless `borrowed` (then it must stay valid
+    /// until out_idle()).
+    void queue_message(wire::Msg type, uint64_t a, uint64_t b, std::string body);
+    void queue_borrowed(wire::Msg type, uint64_t a, uint64_t b, const uint8_t* p, size_t n);
+    size_t out_bytes() const { return out_bytes_; }
+    bool out_idle() const { return out_.empty(); }
+    /// The next complete control message, if any.
+    bool pop_message(Message* m);
+
+    /// -ETIMEDOUT when nothing was heard from the peer for timeout_ms.
+    Status check_silence(const char* waiting_for) const;
+    void heard() { last_heard_ns_ = now_ns(); }
+    /// Puts the session out of service with `st`: tells the peer, cancels everything in flight
+    /// (no operation touches caller memory after this returns) and returns `st`.
+    Status fail(Status st, bool tell_peer = true);
+    Status usable() const;
+
+    io_uring ring_{};
+    bool ring_ok_ = false;
+    int fd_;
+    uint64_t token_;
+    NetOptions options_;
+    std::string fallback_;
+    NetStats stats_{};
+    uint32_t inflight_ops_ = 0;  ///< SQEs submitted whose final CQE has not arrived
+    /// TCP: a completed send means the peer's kernel took the bytes, so it counts as contact.
+    bool count_sends_as_heard_ = false;
+
+private:
+    struct Out {
+        wire::MsgHeader header{};
+        std::string owned;
+        const uint8_t* body = nullptr;
+        size_t body_len = 0;
+        size_t sent = 0;  ///< bytes of header + body already written
+    };
+    void arm_recv();
+    void arm_send();
+    Status on_recv(int res);
+    Status on_send(int res);
+    io_uring_sqe* sqe();
+
+    std::deque<Out> out_;
+    size_t out_bytes_ = 0;
+    bool send_armed_ = false;
+    msghdr send_msg_{};
+    iovec send_iov_[2]{};
+
+    // Reading a message: the header, then the body into rx_body_ or a data target.
+    bool recv_armed_ = false;
+    bool in_body_ = false;
+    wire::MsgHeader rx_header_{};
+    size_t rx_got_ = 0;
+    uint8_t* rx_target_ = nullptr;
+    std::vector<uint8_t> rx_body_;
+    std::deque<Message> inbox_;
+
+    int64_t last_heard_ns_ = 0;
+    Status broken_;
+    bool closed_ = false;
+};
+
+/// Tells an "xdp" transport from a "tcp" one for error messages.
+Status closed_error();
+
+}  // namespace chainio::net

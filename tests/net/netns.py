@@ -1,0 +1,324 @@
+"""Network namespaces, veth pairs, netem and peer processes for tests/net and bench/net_bench.py.
+
+Plain Python (no pytest): the benchmark imports it too. Everything it creates is named
+``cionet-<pid>-<n>-<role>`` so that a later run can find and delete what a crashed run left.
+
+Two topologies, both with 10.77.0.1/24 in namespace A and 10.77.0.2/24 in namespace B:
+
+* direct: A[veth-a] <-> [veth-b]B                            (one veth pair)
+* relay:  A[veth-a] <-> [pa] relay.py [pb] <-> [veth-b]B      (a third namespace in between)
+
+Network impairments need the relay topology: this kernel has no sch_netem, and an AF_XDP socket
+transmits through __dev_direct_xmit(), which bypasses the qdisc of its device, so a netem qdisc
+on veth-a or veth-b would never see ChainIO's data frames anyway. relay.py is a user-space
+netem that every frame crosses (see its docstring). Relay-topology veths get one queue each:
+the XDP program steers a frame to the AF_XDP socket of the receive queue it arrived on, and
+the socket binds queue 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+PREFIX = "cionet"
+IP_A = "10.77.0.1"
+IP_B = "10.77.0.2"
+DEV_A = "veth-a"
+DEV_B = "veth-b"
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = os.path.join(HERE, "peer.py")
+RELAY = os.path.join(HERE, "relay.py")
+
+_counter = 0
+
+
+def missing_tools() -> list[str]:
+    # `tc` is not needed: impairments come from relay.py (see the module doc).
+    return [t for t in ("ip",) if shutil.which(t) is None]
+
+
+def sh(args: list[str], ns: str | None = None, check: bool = True, timeout: float = 20,
+       input: str | None = None) -> subprocess.CompletedProcess:
+    """Runs a command (inside namespace `ns` when given), capturing text output."""
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} -> rc {r.returncode}\n{r.stdout}{r.stderr}")
+    return r
+
+
+def _ns_pids(ns: str) -> list[int]:
+    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10)
+    return [int(x) for x in r.stdout.split()] if r.returncode == 0 else []
+
+
+def delete_ns(ns: str) -> None:
+    """Kills what still runs inside `ns` (only our own peers ever run there), then deletes it."""
+    for pid in _ns_pids(ns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def cleanup_stale() -> list[str]:
+    """Deletes namespaces of ours whose creating process is gone (a crashed earlier run)."""
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    removed = []
+    for line in r.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.match(rf"{PREFIX}-(\d+)-", name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and os.path.exists(f"/proc/{pid}"):
+            continue  # a live run (another pytest or bench) owns it
+        delete_ns(name)
+        removed.append(name)
+    return removed
+
+
+class Net:
+    """Two (or three) namespaces joined by veth; always call close() (it is idempotent)."""
+
+    def __init__(self, mtu: int = 1500, relay: bool = False, tag: str = ""):
+        global _counter
+        _counter += 1
+        base = f"{PREFIX}-{os.getpid()}-{_counter}{tag}"
+        self.mtu, self.relay = mtu, relay
+        self.a, self.b = base + "-a", base + "-b"
+        self.br = base + "-r" if relay else None
+        self.relay_peer: "Peer | None" = None
+        self.ip_a, self.ip_b, self.dev_a, self.dev_b = IP_A, IP_B, DEV_A, DEV_B
+        self.closed = False
+        self.namespaces = [n for n in (self.a, self.b, self.br) if n]
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def ns(self, side: str) -> str:
+        return {"a": self.a, "b": self.b}[side]
+
+    def dev(self, side: str) -> str:
+        return {"a": self.dev_a, "b": self.dev_b}[side]
+
+    def ip(self, side: str) -> str:
+        return {"a": self.ip_a, "b": self.ip_b}[side]
+
+    def _build(self) -> None:
+        for n in self.namespaces:
+            sh(["ip", "netns", "add", n])
+            sh(["ip", "-n", n, "link", "set", "lo", "up"])
+            # No IPv6 chatter (router solicitations, DAD) on the links we measure.
+            for conf in ("all", "default"):  # net sysctls are per namespace
+                sh(["sh", "-c", f"echo 1 > /proc/sys/net/ipv6/conf/{conf}/disable_ipv6"], ns=n,
+                   check=False)
+        if not self.relay:
+            sh(["ip", "link", "add", self.dev_a, "netns", self.a, "type", "veth",
+                "peer", "name", self.dev_b, "netns", self.b])
+        else:
+            one_q = ["numtxqueues", "1", "numrxqueues", "1"]
+            sh(["ip", "link", "add", self.dev_a, "netns", self.a, *one_q, "type", "veth",
+                "peer", "name", "pa", "netns", self.br, *one_q])
+            sh(["ip", "link", "add", self.dev_b, "netns", self.b, *one_q, "type", "veth",
+                "peer", "name", "pb", "netns", self.br, *one_q])
+            for port in ("pa", "pb"):
+                sh(["ip", "-n", self.br, "link", "set", port, "mtu", str(self.mtu), "up"])
+        for ns, dev, ip in ((self.a, self.dev_a, self.ip_a), (self.b, self.dev_b, self.ip_b)):
+            sh(["ip", "-n", ns, "link", "set", dev, "mtu", str(self.mtu), "up"])
+            sh(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev])
+        # Wait for carrier on both ends (veth is up at once, the bridge ports too without STP).
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            states = [sh(["ip", "-n", ns, "-o", "link", "show", "dev", dev]).stdout
+                      for ns, dev in ((self.a, self.dev_a), (self.b, self.dev_b))]
+            if all("LOWER_UP" in st for st in states):
+                break
+            time.sleep(0.02)
+
+    def start_relay(self, spec: str = "", seed: int = 1) -> "Peer":
+        """Starts relay.py between the hosts with netem words `spec` ("" forwards untouched);
+        returns once it forwards. Stopped (and its stats collected) by stop_relay()/close()."""
+        assert self.relay, "start_relay needs Net(relay=True)"
+        assert self.relay_peer is None
+        self.relay_peer = Peer(self.br, ["--a", "pa", "--b", "pb", "--spec", spec,
+                                         "--seed", str(seed)],
+                               name=f"relay[{spec}]", script=RELAY, stdin=True)
+        self.relay_peer.event("ready", 10)
+        return self.relay_peer
+
+    def stop_relay(self) -> dict:
+        """Stops the relay; returns its per-direction counters."""
+        p, self.relay_peer = self.relay_peer, None
+        if p is None:
+            return {}
+        try:
+            p.send_line("stop")
+            _, done = p.result(10)
+            return done.get("stats", {})
+        finally:
+            p.stop()
+
+    def link_details(self, side: str) -> str:
+        return sh(["ip", "-d", "link", "show", "dev", self.dev(side)], ns=self.ns(side)).stdout
+
+    def xdp_attached(self, side: str) -> bool:
+        return "prog/xdp" in self.link_details(side)
+
+    def wait_xdp_detached(self, side: str, timeout: float = 2.0) -> tuple[bool, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            details = self.link_details(side)
+            if "prog/xdp" not in details:
+                return True, details
+            if time.monotonic() > deadline:
+                return False, details
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.relay_peer is not None:
+            self.relay_peer.stop()
+            self.relay_peer = None
+        for n in self.namespaces:
+            delete_ns(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class PeerError(AssertionError):
+    pass
+
+
+class Peer:
+    """A subprocess in a namespace that prints one JSON object per line on stdout.
+
+    Lines are read by a thread and time-stamped on arrival, so a test can measure how long a
+    peer took to react (to a kill of its partner, say) without trusting the peer's own clock."""
+
+    def __init__(self, ns: str, argv: list[str], env: dict | None = None, name: str = "peer",
+                 script: str = PEER, stdin: bool = False):
+        self.name = name
+        self.cmd = ["ip", "netns", "exec", ns, sys.executable, "-u", script, *argv]
+        full_env = dict(os.environ)
+        full_env.pop("CHAINIO_TRANSPORT", None)
+        full_env.update(env or {})
+        self.events: "queue.Queue[tuple[float, dict]]" = queue.Queue()
+        self.seen: list[tuple[float, dict]] = []
+        self.stderr_lines: list[str] = []
+        self.stdout_other: list[str] = []
+        self.p = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                  text=True, env=full_env, start_new_session=True)
+        self._t_out = threading.Thread(target=self._read_out, daemon=True)
+        self._t_err = threading.Thread(target=self._read_err, daemon=True)
+        self._t_out.start()
+        self._t_err.start()
+
+    def _read_out(self) -> None:
+        for line in self.p.stdout:
+            t = time.monotonic()
+            line = line.strip()
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                self.stdout_other.append(line)
+                continue
+            if isinstance(obj, dict):
+                self.events.put((t, obj))
+            else:
+                self.stdout_other.append(line)
+        self.events.put((time.monotonic(), {"event": "__eof__"}))
+
+    def _read_err(self) -> None:
+        for line in self.p.stderr:
+            self.stderr_lines.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def describe(self) -> str:
+        err = "\n".join(self.stderr_lines[-40:])
+        other = "\n".join(self.stdout_other[-10:])
+        events = "\n".join(json.dumps(e)[:600] for _, e in self.seen[-8:])
+        return (f"[{self.name}] {' '.join(self.cmd)}\n  rc={self.p.poll()}\n  events:\n{events}"
+                f"\n  stdout(other):\n{other}\n  stderr:\n{err}")
+
+    def event(self, name: str, timeout: float) -> tuple[float, dict]:
+        """Waits for the next line whose "event" is `name` (or a "done" line, which ends every
+        peer, or end of output); returns (arrival time, object). Raises PeerError on timeout or
+        when the peer ended without that event."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerError(f"no '{name}' event within {timeout:.1f}s\n{self.describe()}")
+            try:
+                t, obj = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            ev = obj.get("event")
+            if ev == name:
+                self.seen.append((t, obj))
+                return t, obj
+            if ev in ("done", "__eof__"):
+                self.events.put((t, obj))  # keep the end for result()
+                raise PeerError(f"peer ended before '{name}'\n{self.describe()}"
+                                + (f"\n  final: {json.dumps(obj)[:2000]}" if ev == "done" else ""))
+            self.seen.append((t, obj))
+
+    def result(self, timeout: float) -> tuple[float, dict]:
+        """Waits for the final "done" line and the process exit."""
+        t, obj = self.event("done", timeout)
+        try:
+            self.p.wait(timeout=max(1.0, timeout / 4))
+        except subprocess.TimeoutExpired:
+            pass
+        return t, obj
+
+    def send_line(self, text: str = "go") -> None:
+        self.p.stdin.write(text + "\n")
+        self.p.stdin.flush()
+
+    def kill(self, sig: int = signal.SIGKILL) -> float:
+        """Signals the peer (its python process: `ip netns exec` execs it, no fork); returns
+        the time of the signal."""
+        t = time.monotonic()
+        try:
+            os.kill(self.p.pid, sig)
+        except ProcessLookupError:
+            pass
+        return t
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.kill(signal.SIGKILL)
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.p.stdin,):
+            try:
+                if f:
+                    f.close()
+            except OSError:
+                pass
