@@ -11,20 +11,31 @@ import threading
 from typing import Optional, Union
 
 from ._C import Engine, ReadHandle, __version__
-from .errors import SafetensorError
 
 __all__ = [
     "Engine", "ReadHandle", "SafetensorError", "__version__", "default_engine", "empty_aligned",
     "load_checkpoint", "load_file", "read_into", "safe_open",
+    "patch", "unpatch", "patched", "stats", "reset_stats",
 ]
+
+_HOOK_NAMES = ("patch", "unpatch", "patched", "stats", "reset_stats")
 
 
 def __getattr__(name):
-    # The loaders import torch: load them on first use so `import chainio_torch` stays cheap.
+    # The loaders import torch and errors imports safetensors: load them on first use so that
+    # `import chainio_torch` stays cheap (the CHAINIO_AUTOPATCH hook imports it at start-up).
     if name in ("load_file", "load_checkpoint", "safe_open"):
         from . import loader
 
         return getattr(loader, name)
+    if name == "SafetensorError":
+        from .errors import SafetensorError
+
+        return SafetensorError
+    if name in _HOOK_NAMES:
+        from . import hook
+
+        return getattr(hook, name)
     raise AttributeError(f"module 'chainio_torch' has no attribute {name!r}")
 
 PathOrFd = Union[str, os.PathLike, int]

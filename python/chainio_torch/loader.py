@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -356,21 +357,65 @@ class _Slice:
 
 class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
     """Lazy access to one safetensors file, like ``safetensors.safe_open(path, framework="pt")``:
-    the header is parsed on open, each ``get_tensor`` reads just that tensor."""
+    the header is parsed on open, each ``get_tensor`` reads just that tensor.
+
+    ``readahead`` (bytes, default 0 = off): when whole tensors are read in file order (each the
+    next one by offset, or one that was read ahead), the tensors that follow, up to ``readahead``
+    bytes, are submitted to the engine at once, each into its own buffer, so the disk sees a deep
+    queue instead of one tensor at a time (what a loader that materializes tensor after tensor,
+    like transformers' ``from_pretrained``, otherwise gets). Like the kernel's readahead for a
+    mapped file, it may read tensors that are never asked for; the memory they hold is dropped
+    on ``__exit__``. Row reads (``get_slice(name)[a:b]``) never start or use it.
+    """
 
     def __init__(self, filename: PathLike, framework: str = "pt",
-                 device: Union[str, torch.device] = "cpu", engine=None):
+                 device: Union[str, torch.device] = "cpu", engine=None, readahead: int = 0):
         if framework not in ("pt", "torch"):
             raise ValueError(f"chainio_torch.safe_open serves framework='pt' only, got {framework!r}")
+        if readahead < 0:
+            raise ValueError(f"readahead must be >= 0 bytes, got {readahead}")
         self._header = read_header(filename)
         self._device = _resolve_device(device)
         self._engine = _engine(engine)
+        self._readahead = int(readahead)
+        self._ra_lock = threading.Lock()
+        self._pending: Dict[str, Tuple[torch.Tensor, object, int]] = {}  # name -> buf, handle, shift
+        self._consumed: set = set()
+        self._last = -1  # offset index of the last whole tensor asked for
+        self._order: Optional[List[str]] = None  # offset order, made on first use
+        self._index: Dict[str, int] = {}
 
     def __enter__(self) -> "safe_open":
         return self
 
     def __exit__(self, *exc) -> None:
+        self._drain()
         return None
+
+    def __del__(self):
+        try:
+            self._drain()
+        except Exception:  # noqa: BLE001  (interpreter shutdown)
+            pass
+
+    def _drain(self) -> int:
+        """Wait for the reads still in flight (their buffers must outlive them) and drop every
+        tensor read ahead but never asked for; returns how many bytes those were."""
+        lock = getattr(self, "_ra_lock", None)
+        if lock is None:
+            return 0
+        with lock:
+            pending, self._pending = self._pending, {}
+        unused = 0
+        for name, (_, handle, _) in pending.items():
+            e = self._header.tensors[name]
+            unused += e.end - e.begin
+            if handle is not None:
+                try:
+                    handle.wait()
+                except OSError:
+                    pass  # nobody asked for that tensor: its read error does not matter
+        return unused
 
     def keys(self) -> List[str]:
         return sorted(self._header.tensors)
@@ -389,14 +434,57 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
 
     def _read(self, entry: TensorEntry) -> torch.Tensor:
         h = self._header
-        n = entry.end - entry.begin
-        shift = (h.data_offset + entry.begin) % _ALIGN
-        buf = aligned_buffer(shift + n)
-        if n:
-            self._engine.read_into_address(h.path, buf.data_ptr() + shift, n, h.data_offset + entry.begin)
+        if self._readahead and h.tensors.get(entry.name) is entry:
+            buf, handle, shift = self._whole(entry)
+            if handle is not None:
+                handle.wait()
+        else:
+            n = entry.end - entry.begin
+            shift = (h.data_offset + entry.begin) % _ALIGN
+            buf = aligned_buffer(shift + n)
+            if n:
+                self._engine.read_into_address(h.path, buf.data_ptr() + shift, n,
+                                               h.data_offset + entry.begin)
         _check_unchanged(h)
         t = view_tensor(buf, shift - entry.begin, entry, h.path)
         return t if self._device.type == "cpu" else t.to(self._device)
+
+    def _submit(self, entry: TensorEntry) -> Tuple[torch.Tensor, object, int]:
+        h = self._header
+        n = entry.end - entry.begin
+        shift = (h.data_offset + entry.begin) % _ALIGN
+        buf = aligned_buffer(shift + n)
+        handle = self._engine.submit([(h.path, h.data_offset + entry.begin, n,
+                                       buf.data_ptr() + shift)], keepalive=buf) if n else None
+        return buf, handle, shift
+
+    def _whole(self, entry: TensorEntry) -> Tuple[torch.Tensor, object, int]:
+        """A whole tensor's read (already in flight if it was read ahead), and the readahead."""
+        with self._ra_lock:
+            if self._order is None:
+                t = self._header.tensors
+                self._order = sorted(t, key=lambda n: t[n].begin)
+                self._index = {n: i for i, n in enumerate(self._order)}
+            i = self._index[entry.name]
+            got = self._pending.pop(entry.name, None)
+            in_order = got is not None or i == self._last + 1
+            self._last = i
+            self._consumed.add(entry.name)
+            if got is None:
+                got = self._submit(entry)
+            if in_order:
+                budget = self._readahead
+                for name in self._order[i + 1:]:
+                    if name in self._consumed:
+                        continue
+                    e = self._header.tensors[name]
+                    n = e.end - e.begin
+                    if n > budget:
+                        break
+                    budget -= n
+                    if name not in self._pending:
+                        self._pending[name] = self._submit(e)
+        return got
 
     def get_tensor(self, name: str) -> torch.Tensor:
         return self._read(self._entry(name))

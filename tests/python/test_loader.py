@@ -98,6 +98,49 @@ def test_tensors_own_their_memory(workdir):
     assert torch.equal(first["b"], torch.ones(5)), "tensors of one file do not overlap"
 
 
+def test_safe_open_readahead_reads_ahead_in_order_and_only_then(workdir):
+    gen = torch.Generator().manual_seed(4)
+    names = [f"t{i:02d}" for i in range(12)]
+    tensors = {n: random_tensor((1000, 3), torch.float32, gen) for n in names}
+    path = os.path.join(workdir, "ra.safetensors")
+    st.save_file(tensors, path)
+    header = read_header(path)
+    order = sorted(header.tensors, key=lambda n: header.tensors[n].begin)
+    size = 1000 * 3 * 4
+    engine = chainio_torch.Engine(workers=2)
+    with chainio_torch.safe_open(path, engine=engine, readahead=3 * size) as f:
+        assert engine.stats()["bytes_read"] == 0, "opening reads only the header"
+        assert same_bytes(f.get_tensor(order[5]), tensors[order[5]])  # out of order: no readahead
+        assert same_bytes(f.get_slice(order[6])[2:4], tensors[order[6]][2:4])  # rows: none either
+        f.get_tensor(order[0])  # a jump back: still not in order
+        assert not f._pending and engine.stats()["bytes_read"] == 2 * size + 2 * 12
+        f.get_tensor(order[1])  # the next one by offset: reads the three after it ahead
+        assert sorted(f._pending) == order[2:5]
+        # Tensors read ahead are served from their own buffers and the window moves with them,
+        # skipping what was read whole already (order[5]).
+        for n in order[2:5]:
+            assert same_bytes(f.get_tensor(n), tensors[n]), n
+        assert sorted(f._pending) == order[6:9]
+        unused = f._drain()
+    assert unused == 3 * size
+    assert engine.stats()["bytes_read"] == 9 * size + 2 * 12
+
+    with chainio_torch.safe_open(path, readahead=2 * size) as f:  # a first read at offset 0
+        f.get_tensor(order[0])
+        assert sorted(f._pending) == order[1:3]
+    assert not f._pending, "__exit__ drops what was read ahead"
+
+    # Threads reading in file order get every tensor intact.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with chainio_torch.safe_open(path, readahead=1 << 20) as f:
+        with ThreadPoolExecutor(4) as ex:
+            out = dict(zip(order, ex.map(f.get_tensor, order)))
+    assert_same(out, tensors)
+    with pytest.raises(ValueError, match="readahead"):
+        chainio_torch.safe_open(path, readahead=-1)
+
+
 def test_misaligned_tensor_is_copied_not_misviewed(workdir):
     # A 3-byte U8 tensor first puts the F32 tensor at an odd offset; safetensors' writer never
     # does this, but the format allows it.
