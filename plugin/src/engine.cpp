@@ -274,4 +274,11 @@ EngineStats Engine::stats() const {
     return s;
 }
 
+Result<double> page_cache_fraction(const std::string& path) {
+    auto f = open_file(path, -1, false);
+    if (!f) return f.status();
+    if (f.value()->size == 0) return Status(EINVAL, path + ": empty file");
+    return cached_fraction(*f.value(), 0, f.value()->size);
+}
+
 }  // namespace chainio

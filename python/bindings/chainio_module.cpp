@@ -319,6 +319,24 @@ PYBIND11_MODULE(_C, m) {
         .def("info", [](const Engine& e) { return info_dict(e.info()); });
 
     m.def(
+        "page_cache_fraction",
+        [](const py::handle& path) -> py::object {
+            ReadExtent e;
+            set_source(e, path);
+            if (e.fd >= 0) throw py::value_error("page_cache_fraction takes a path");
+            chainio::Result<double> frac = Status(EINVAL, "unset");
+            {
+                py::gil_scoped_release release;
+                frac = chainio::page_cache_fraction(e.path);
+            }
+            if (!frac) return py::none();
+            return py::float_(frac.value());
+        },
+        py::arg("path"),
+        "Fraction of the file in the page cache (cachestat(2), or RWF_NOWAIT probes where the "
+        "kernel lacks it), the engine's own measure; None for an empty or unreadable file.");
+
+    m.def(
         "read_safetensors_header",
         [](const py::handle& path) {
             ReadExtent e;

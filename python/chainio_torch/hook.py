@@ -29,7 +29,6 @@ pass-through. This module imports neither torch nor safetensors by itself: it is
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib
 import os
 import sys
@@ -373,59 +372,16 @@ def _readahead_bytes() -> int:
 
 # ------------------------------------------------------------------------ page cache residency
 
-class _CachestatRange(ctypes.Structure):
-    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-
-class _Cachestat(ctypes.Structure):
-    _fields_ = [("nr_cache", ctypes.c_uint64), ("nr_dirty", ctypes.c_uint64),
-                ("nr_writeback", ctypes.c_uint64), ("nr_evicted", ctypes.c_uint64),
-                ("nr_recently_evicted", ctypes.c_uint64)]
-
-
-_NR_CACHESTAT = 451  # the same number on every architecture (added in Linux 6.5)
-_libc = None
-_have_cachestat = True
-
-
 def resident_fraction(path: str) -> Optional[float]:
-    """Fraction of ``path`` in the page cache: cachestat(2), or 16 RWF_NOWAIT probes where the
-    kernel has no cachestat. None if it cannot be told (the file is then treated as cold)."""
-    global _libc, _have_cachestat
+    """Fraction of ``path`` in the page cache, measured as the engine's auto mode does
+    (cachestat(2), or RWF_NOWAIT probes where the kernel lacks it). None if it cannot be told
+    (the file is then treated as cold)."""
+    from ._C import page_cache_fraction
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        return page_cache_fraction(path)
+    except (OSError, ValueError):
         return None
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return None
-        pages = (size + 4095) // 4096
-        if _have_cachestat and sys.platform.startswith("linux"):
-            if _libc is None:
-                _libc = ctypes.CDLL(None, use_errno=True)
-            rng, cs = _CachestatRange(0, 0), _Cachestat()
-            if _libc.syscall(_NR_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(cs), 0) == 0:
-                return min(1.0, cs.nr_cache / pages)
-            if ctypes.get_errno() in (38, 1):  # ENOSYS, EPERM (seccomp)
-                _have_cachestat = False
-        flag = getattr(os, "RWF_NOWAIT", None)
-        if flag is None:
-            return None
-        hits = probes = 0
-        buf = bytearray(1)
-        for i in range(16):
-            off = (pages * i // 16) * 4096
-            probes += 1
-            try:
-                hits += os.preadv(fd, [buf], off, flag) > 0
-            except BlockingIOError:
-                pass
-            except OSError:
-                return None
-        return hits / probes
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------ the replacements

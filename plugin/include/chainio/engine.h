@@ -140,4 +140,8 @@ private:
     std::atomic<uint64_t> requests_{0};
 };
 
+/// Fraction of the file at `path` in the page cache, as auto mode measures it (cachestat(2), or
+/// preadv2(RWF_NOWAIT) probes without it). Errors: the open(2) errno; -EINVAL for an empty file.
+Result<double> page_cache_fraction(const std::string& path);
+
 }  // namespace chainio
