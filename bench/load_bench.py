@@ -66,7 +66,7 @@ LABELS = {
     "fastsafetensors": "fastsafetensors (nogds)",
     "fio": "fio QD32 (default bufs)",
     "fio-huge": "fio QD32 (hugetlb bufs)",
-    "memfault": "fresh-memory first touch, no I/O",
+    "memfault": "fresh memory, first touch",
 }
 PACKAGES = ["torch", "safetensors", "runai-model-streamer", "fastsafetensors", "chainio-torch",
             "numpy"]
