@@ -107,3 +107,38 @@ def fio_read(paths: list[str], huge: bool, timeout_s: int | None = None) -> dict
     seconds = job["job_runtime"] / 1000
     return {"bytes": job["read"]["io_bytes"], "seconds": seconds,
             "cpu_seconds": (job["usr_cpu"] + job["sys_cpu"]) / 100 * seconds}
+
+
+def write_outputs(out: str, stem: str, payload: dict, markdown, plot) -> None:
+    """Writes <stem>.json, then <stem>.md and <stem>.png with the bench's own renderers; a plot
+    that fails is reported and does not lose the measurements."""
+    import sys
+
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, f"{stem}.json"), payload)
+    markdown(payload, os.path.join(out, f"{stem}.md"))
+    try:
+        plot(payload, os.path.join(out, f"{stem}.png"))
+    except Exception as e:  # noqa: BLE001
+        print(f"plot failed: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def add_run_args(ap, root: str) -> None:
+    """Options shared by the checkpoint benchmarks (load_bench, hf_bench)."""
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cache", default="cold,hot", help="cold, hot or cold,hot")
+    ap.add_argument("--settle-s", type=float, default=3.0,
+                    help="pause before each run so freed memory returns to the host first")
+    ap.add_argument("--timeout-s", type=float, default=300, help="limit for one run")
+    ap.add_argument("--out", default=os.path.join(root, "bench", "results"))
+    ap.add_argument("--plot-only", action="store_true",
+                    help="re-draw PNG and Markdown from the existing JSON, measure nothing")
+
+
+def replot(out: str, stem: str, markdown, plot) -> None:
+    """--plot-only: re-renders <stem>.md and <stem>.png from <stem>.json."""
+    with open(os.path.join(out, f"{stem}.json")) as f:
+        payload = json.load(f)
+    markdown(payload, os.path.join(out, f"{stem}.md"))
+    plot(payload, os.path.join(out, f"{stem}.png"))
+    print(f"wrote {out}/{stem}.png and {stem}.md")

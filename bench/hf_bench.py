@@ -42,6 +42,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import drop_caches, machine, median, write_json  # noqa: E402
+import common  # noqa: E402
 import gen_checkpoint  # noqa: E402
 import load_worker  # noqa: E402
 from load_bench import busy_seconds, children_cpu, noise_warning, warm_files  # noqa: E402
@@ -280,13 +281,7 @@ def write_markdown(payload: dict, path: str) -> None:
 
 
 def write_outputs(payload: dict, out: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "hf_bench.json"), payload)
-    write_markdown(payload, os.path.join(out, "hf_bench.md"))
-    try:
-        plot(payload, os.path.join(out, "hf_bench.png"))
-    except Exception as e:  # noqa: BLE001  (a plot problem must not lose the measurements)
-        print(f"plot failed: {type(e).__name__}: {e}", file=sys.stderr)
+    common.write_outputs(out, "hf_bench", payload, write_markdown, plot)
 
 
 def main() -> int:
@@ -298,23 +293,12 @@ def main() -> int:
                     "/var/tmp/chainio-bench/llama-<size>GiB); generated when missing")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma separated subset of {','.join(VARIANTS)}")
-    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-ref", action="store_true", help="skip the memfault reference runs")
-    ap.add_argument("--cache", default="cold,hot", help="cold, hot or cold,hot")
-    ap.add_argument("--settle-s", type=float, default=3.0,
-                    help="pause before each run so freed memory returns to the host first")
-    ap.add_argument("--timeout-s", type=float, default=300, help="limit for one run")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
-    ap.add_argument("--plot-only", action="store_true",
-                    help="re-draw PNG and Markdown from the existing JSON, measure nothing")
+    common.add_run_args(ap, ROOT)
     args = ap.parse_args()
 
     if args.plot_only:
-        with open(os.path.join(args.out, "hf_bench.json")) as f:
-            payload = json.load(f)
-        write_markdown(payload, os.path.join(args.out, "hf_bench.md"))
-        plot(payload, os.path.join(args.out, "hf_bench.png"))
-        print(f"wrote {args.out}/hf_bench.png and hf_bench.md")
+        common.replot(args.out, "hf_bench", write_markdown, plot)
         return 0
     variants = [x.strip() for x in args.variants.split(",") if x.strip()]
     if not variants or not set(variants) <= set(VARIANTS):

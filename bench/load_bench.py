@@ -46,6 +46,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import drop_caches, fio_read, machine, median, write_json  # noqa: E402
+import common  # noqa: E402
 import gen_checkpoint  # noqa: E402
 import load_worker  # noqa: E402
 
@@ -420,13 +421,7 @@ def write_markdown(payload: dict, path: str) -> None:
 
 
 def write_outputs(payload: dict, out: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "load_bench.json"), payload)
-    write_markdown(payload, os.path.join(out, "load_bench.md"))
-    try:
-        plot(payload, os.path.join(out, "load_bench.png"))
-    except Exception as e:  # noqa: BLE001  (a plot problem must not lose the measurements)
-        print(f"plot failed: {type(e).__name__}: {e}", file=sys.stderr)
+    common.write_outputs(out, "load_bench", payload, write_markdown, plot)
 
 
 # ---------------------------------------------------------------- main
@@ -441,23 +436,12 @@ def main() -> int:
                     "generated there when missing or of another spec")
     ap.add_argument("--loaders", default=",".join(LOADERS),
                     help=f"comma separated subset of {','.join(LOADERS)}")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--cache", default="cold,hot", help="cold, hot or cold,hot")
     ap.add_argument("--no-fio", action="store_true", help="skip the fio and memfault reference runs")
-    ap.add_argument("--settle-s", type=float, default=3.0,
-                    help="pause before each run so freed memory returns to the host first")
-    ap.add_argument("--timeout-s", type=float, default=300, help="limit for one load")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
-    ap.add_argument("--plot-only", action="store_true",
-                    help="re-draw PNG and Markdown from the existing JSON, measure nothing")
+    common.add_run_args(ap, ROOT)
     args = ap.parse_args()
 
     if args.plot_only:
-        with open(os.path.join(args.out, "load_bench.json")) as f:
-            payload = json.load(f)
-        write_markdown(payload, os.path.join(args.out, "load_bench.md"))
-        plot(payload, os.path.join(args.out, "load_bench.png"))
-        print(f"wrote {args.out}/load_bench.png and load_bench.md")
+        common.replot(args.out, "load_bench", write_markdown, plot)
         return 0
     loaders = [x.strip() for x in args.loaders.split(",") if x.strip()]
     unknown = [x for x in loaders if x not in LOADERS]

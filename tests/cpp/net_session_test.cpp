@@ -50,46 +50,50 @@ Exchange exchange(Session& client, Session& server, const std::vector<std::vecto
     return ex;
 }
 
+// A connected pair of sessions on 127.0.0.1 with options `o`.
+void loopback_pair(const NetOptions& o, std::unique_ptr<Session>* client,
+                   std::unique_ptr<Session>* server) {
+    auto l = Listener::create("127.0.0.1", 0, o);
+    ASSERT_TRUE(l) << l.status().to_string();
+    Result<std::unique_ptr<Session>> accepted = Status(EINVAL, "unset");
+    std::thread acc([&] { accepted = l.value()->accept(5000); });
+    auto connected = Session::connect("127.0.0.1", l.value()->port(), o);
+    acc.join();
+    ASSERT_TRUE(connected) << connected.status().to_string();
+    ASSERT_TRUE(accepted) << accepted.status().to_string();
+    *client = std::move(connected.value());
+    *server = std::move(accepted.value());
+}
+
 TEST(NetSessionTcp, ObjectsArriveIntactOnLoopback) {
     NetOptions o;
     o.transport = TransportKind::kTcp;
     o.timeout_ms = 5000;
-    auto l = Listener::create("127.0.0.1", 0, o);
-    ASSERT_TRUE(l) << l.status().to_string();
-    Result<std::unique_ptr<Session>> server = Status(EINVAL, "unset");
-    std::thread acc([&] { server = l.value()->accept(5000); });
-    auto client = Session::connect("127.0.0.1", l.value()->port(), o);
-    acc.join();
-    ASSERT_TRUE(client) << client.status().to_string();
-    ASSERT_TRUE(server) << server.status().to_string();
-    EXPECT_EQ(client.value()->kind(), TransportKind::kTcp);
-    EXPECT_NE(client.value()->fallback_reason().find("TCP requested"), std::string::npos);
+    std::unique_ptr<Session> client, server;
+    ASSERT_NO_FATAL_FAILURE(loopback_pair(o, &client, &server));
+    EXPECT_EQ(client->kind(), TransportKind::kTcp);
+    EXPECT_NE(client->fallback_reason().find("TCP requested"), std::string::npos);
     const auto objs = make_objects({0, 1, 4095, 3u << 20, 77}, 1);
     for (int round = 0; round < 2; ++round) {
-        auto ex = exchange(*client.value(), *server.value(), objs);
+        auto ex = exchange(*client, *server, objs);
         ASSERT_TRUE(ex.sent) << ex.sent.to_string();
         ASSERT_TRUE(ex.received) << ex.received.to_string();
         ASSERT_EQ(ex.got, objs);
     }
-    EXPECT_EQ(client.value()->stats().bytes_sent, 2 * (1 + 4095 + (3u << 20) + 77));
+    EXPECT_EQ(client->stats().bytes_sent, 2 * (1 + 4095 + (3u << 20) + 77));
 }
 
 TEST(NetSessionTcp, RefusedDestinationFailsBothSides) {
     NetOptions o;
     o.transport = TransportKind::kTcp;
     o.timeout_ms = 3000;
-    auto l = Listener::create("127.0.0.1", 0, o);
-    ASSERT_TRUE(l);
-    Result<std::unique_ptr<Session>> server = Status(EINVAL, "unset");
-    std::thread acc([&] { server = l.value()->accept(5000); });
-    auto client = Session::connect("127.0.0.1", l.value()->port(), o);
-    acc.join();
-    ASSERT_TRUE(client && server);
+    std::unique_ptr<Session> client, server;
+    ASSERT_NO_FATAL_FAILURE(loopback_pair(o, &client, &server));
     const auto objs = make_objects({1000}, 2);
     Status received;
-    std::thread rx([&] { received = server.value()->recv([](size_t, size_t) { return nullptr; }); });
+    std::thread rx([&] { received = server->recv([](size_t, size_t) { return nullptr; }); });
     const Span span{const_cast<uint8_t*>(objs[0].data()), objs[0].size()};
-    const Status sent = client.value()->send(std::span<const Span>(&span, 1));
+    const Status sent = client->send(std::span<const Span>(&span, 1));
     rx.join();
     EXPECT_EQ(received.code(), -ENOMEM) << received.to_string();
     EXPECT_EQ(sent.code(), -ENOMEM) << sent.to_string();
@@ -99,15 +103,10 @@ TEST(NetSessionTcp, ClosedPeerIsAnErrorNotAHang) {
     NetOptions o;
     o.transport = TransportKind::kTcp;
     o.timeout_ms = 3000;
-    auto l = Listener::create("127.0.0.1", 0, o);
-    ASSERT_TRUE(l);
-    Result<std::unique_ptr<Session>> server = Status(EINVAL, "unset");
-    std::thread acc([&] { server = l.value()->accept(5000); });
-    auto client = Session::connect("127.0.0.1", l.value()->port(), o);
-    acc.join();
-    ASSERT_TRUE(client && server);
-    client.value().reset();  // gone without a word
-    const Status st = server.value()->recv([](size_t, size_t) -> void* { return nullptr; });
+    std::unique_ptr<Session> client, server;
+    ASSERT_NO_FATAL_FAILURE(loopback_pair(o, &client, &server));
+    client.reset();  // gone without a word
+    const Status st = server->recv([](size_t, size_t) -> void* { return nullptr; });
     EXPECT_EQ(st.code(), -ECONNRESET) << st.to_string();
 }
 

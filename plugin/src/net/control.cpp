@@ -75,14 +75,22 @@ Status read_all(int fd, void* data, size_t n, int64_t deadline_ns) {
 
 }  // namespace
 
-Result<int> tcp_connect(const std::string& ip, uint16_t port, uint32_t timeout_ms) {
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    if (inet_pton(AF_INET, ip.c_str(), &sa.sin_addr) != 1)
+Result<int> tcp_socket(const std::string& ip, uint16_t port, sockaddr_in* sa) {
+    *sa = {};
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(port);
+    if (inet_pton(AF_INET, ip.c_str(), &sa->sin_addr) != 1)
         return Status(EINVAL, "not an IPv4 address: '" + ip + "'");
     const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return Status::from_errno("socket");
+    return fd;
+}
+
+Result<int> tcp_connect(const std::string& ip, uint16_t port, uint32_t timeout_ms) {
+    sockaddr_in sa;
+    auto sock = tcp_socket(ip, port, &sa);
+    if (!sock) return sock.status();
+    const int fd = sock.value();
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 && errno != EINPROGRESS) {

@@ -3,6 +3,8 @@
 // Blocking socket helpers for the TCP control channel's setup (connect, hello) and facts about
 // local interfaces. Once a session runs, its control traffic goes through the session's ring.
 
+#include <netinet/in.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -14,6 +16,9 @@ namespace chainio::net {
 
 /// Milliseconds on CLOCK_MONOTONIC.
 int64_t now_ns();
+
+/// A non-blocking TCP socket (CLOEXEC) and the IPv4 address ip:port; -EINVAL for a bad address.
+Result<int> tcp_socket(const std::string& ip, uint16_t port, sockaddr_in* sa);
 
 /// A non-blocking-connected TCP socket to ip:port (TCP_NODELAY, CLOEXEC), within timeout_ms.
 Result<int> tcp_connect(const std::string& ip, uint16_t port, uint32_t timeout_ms);

@@ -206,13 +206,10 @@ Result<std::unique_ptr<Session>> Session::connect(const std::string& ip, uint16_
 
 Result<std::unique_ptr<Listener>> Listener::create(const std::string& ip, uint16_t port,
                                                    const NetOptions& options) {
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    if (inet_pton(AF_INET, ip.c_str(), &sa.sin_addr) != 1)
-        return Status(EINVAL, "not an IPv4 address: '" + ip + "'");
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return Status::from_errno("socket");
+    sockaddr_in sa;
+    auto sock = tcp_socket(ip, port, &sa);
+    if (!sock) return sock.status();
+    const int fd = sock.value();
     const int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || listen(fd, 64) != 0) {

@@ -63,6 +63,15 @@ constexpr int64_t kMaxRto = 500'000'000;
 constexpr int64_t kInitialRto = 20'000'000;
 constexpr uint32_t kMaxManifest = 8 + (kManifestStream - 1) * 16;
 
+// The Status for a control message that arrives in the middle of a transfer: the peer's error,
+// or its goodbye.
+Status peer_gone(const Message& m) {
+    if (m.header.type == static_cast<uint32_t>(wire::Msg::kError))
+        return Status(m.header.b ? static_cast<int>(m.header.b) : EPROTO,
+                      "the peer failed: " + std::string(m.body.begin(), m.body.end()));
+    return Status(ECONNRESET, "the peer closed the session");
+}
+
 uint64_t digest_of(const void* p, size_t n) {
     static const uint8_t empty = 0;
     return XXH3_64bits(n ? p : &empty, n);
@@ -598,10 +607,7 @@ Status XdpSession::send(std::span<const Span> objects) {
         kick();
         Message m;
         if (pop_message(&m)) {
-            st = m.header.type == static_cast<uint32_t>(wire::Msg::kError)
-                     ? Status(m.header.b ? static_cast<int>(m.header.b) : EPROTO,
-                              "the peer failed: " + std::string(m.body.begin(), m.body.end()))
-                     : Status(ECONNRESET, "the peer closed the session");
+            st = peer_gone(m);
             break;
         }
         if (st = check_silence("acknowledgements"); !st) break;
@@ -794,10 +800,7 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
         if (have_manifest_ && rx_complete_ == rx_streams_.size()) break;
         Message m;
         if (pop_message(&m)) {
-            st = m.header.type == static_cast<uint32_t>(wire::Msg::kError)
-                     ? Status(m.header.b ? static_cast<int>(m.header.b) : EPROTO,
-                              "the peer failed: " + std::string(m.body.begin(), m.body.end()))
-                     : Status(ECONNRESET, "the peer closed the session");
+            st = peer_gone(m);
             receiving_ = false;
             return fail(st, false);
         }
