@@ -35,7 +35,32 @@ def _doctor(_args) -> int:
           f"SINGLE_ISSUER|DEFER_TASKRUN: {'yes' if info['single_issuer'] else 'no'}")
     for note in info["notes"]:
         print(f"fallback: {note}")
+    print(_peer_transfers())
     return 0
+
+
+_CAP_NET_ADMIN, _CAP_SYS_ADMIN, _CAP_BPF = 12, 21, 39
+
+
+def _peer_transfers() -> str:
+    """Which transport sessions can use here, from the effective capabilities (nothing is
+    attached to any interface to find out)."""
+    forced = os.environ.get("CHAINIO_TRANSPORT", "").strip().lower()
+    try:
+        with open("/proc/self/status") as f:
+            caps = int(next(ln.split()[1] for ln in f if ln.startswith("CapEff:")), 16)
+    except (OSError, StopIteration, ValueError):
+        caps = 0
+    has = lambda bit: bool(caps >> bit & 1)  # noqa: E731
+    bpf = has(_CAP_BPF) or has(_CAP_SYS_ADMIN)
+    missing = [name for name, ok in (("CAP_BPF", bpf), ("CAP_NET_ADMIN", has(_CAP_NET_ADMIN)))
+               if not ok]
+    if forced == "tcp":
+        return "peer transfers: TCP (CHAINIO_TRANSPORT=tcp)"
+    if missing:
+        return f"peer transfers: TCP (AF_XDP needs {' and '.join(missing)})"
+    return ("peer transfers: AF_XDP when both peers can attach ChainIO's XDP program to the "
+            "interface of the connection (else TCP, with the reason in fallback_reason)")
 
 
 def _load(args) -> int:

@@ -28,10 +28,12 @@ class Lab:
         return p
 
     def serve(self, net: netns.Net, transport: str, *extra: str, env: dict | None = None,
-              side: str = "b", timeout: float = 15) -> tuple[netns.Peer, int]:
+              side: str = "b", timeout: float = 15,
+              wrap: list[str] | None = None) -> tuple[netns.Peer, int]:
         """Starts `peer.py serve` on `side` (default B); returns (peer, TCP port)."""
         p = self.peer(net.ns(side), ["serve", "--bind", net.ip(side), "--transport", transport,
-                                     *extra], env=env, name=f"serve[{transport}]@{side}")
+                                     *extra], env=env, name=f"serve[{transport}]@{side}",
+                      wrap=wrap)
         _, ev = p.event("listening", timeout)
         return p, ev["port"]
 

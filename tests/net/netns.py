@@ -215,9 +215,10 @@ class Peer:
     peer took to react (to a kill of its partner, say) without trusting the peer's own clock."""
 
     def __init__(self, ns: str, argv: list[str], env: dict | None = None, name: str = "peer",
-                 script: str = PEER, stdin: bool = False):
+                 script: str = PEER, stdin: bool = False, wrap: list[str] | None = None):
         self.name = name
-        self.cmd = ["ip", "netns", "exec", ns, sys.executable, "-u", script, *argv]
+        # `wrap` runs the interpreter through a command, e.g. setpriv to drop capabilities.
+        self.cmd = ["ip", "netns", "exec", ns, *(wrap or []), sys.executable, "-u", script, *argv]
         full_env = dict(os.environ)
         full_env.pop("CHAINIO_TRANSPORT", None)
         full_env.update(env or {})

@@ -139,6 +139,22 @@ def test_env_forces_tcp(lab, where):
         assert d["fallback_reason"], "a TCP session must say why it is not on AF_XDP"
 
 
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
+def test_without_capabilities_the_session_falls_back_to_tcp(lab):
+    """A server without CAP_BPF/CAP_NET_ADMIN cannot load the XDP program: an "auto" session
+    runs on TCP on both sides, and both say why (the capability, on the server's side)."""
+    net = lab.net(1500)
+    sizes = [MiB, 1]
+    drop = ["setpriv", "--bounding-set", "-net_admin,-bpf,-sys_admin"]
+    srv, port = lab.serve(net, "auto", "--sizes", sizes_arg(sizes), wrap=drop)
+    cli = lab.send(net, port, "auto", "--sizes", sizes_arg(sizes))
+    _, cli_done = cli.result(30)
+    _, srv_done = srv.result(30)
+    check_delivery(srv, srv_done, cli, cli_done, sizes, 1, "tcp")
+    assert "CAP_BPF" in srv_done["fallback_reason"], srv_done["fallback_reason"]
+    assert "the peer cannot run AF_XDP" in cli_done["fallback_reason"], cli_done["fallback_reason"]
+
+
 def test_xdp_against_tcp_is_consistent(lab):
     """One side insists on AF_XDP, the other on TCP: both fail cleanly, or they agree."""
     net = lab.net(1500)
