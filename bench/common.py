@@ -142,3 +142,36 @@ def replot(out: str, stem: str, markdown, plot) -> None:
     markdown(payload, os.path.join(out, f"{stem}.md"))
     plot(payload, os.path.join(out, f"{stem}.png"))
     print(f"wrote {out}/{stem}.png and {stem}.md")
+
+
+def versions(packages: list[str], root: str) -> dict:
+    """Installed versions of `packages` (None when absent) and `git describe` of the tree."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in packages:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    try:
+        out["chainio_git"] = subprocess.run(
+            ["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True,
+            text=True).stdout.strip() or None
+    except OSError:
+        out["chainio_git"] = None
+    return out
+
+
+def fmt_targets(tg: list[dict], markdown: bool) -> str:
+    """Targets as MET / MISS / INFO lines or a Markdown table; ratios as "1.23x", RSS targets
+    (their text says RSS) as "+67 MiB"."""
+    lines = ["| target | measured | |", "|---|---:|---|"] if markdown else []
+    for t in tg:
+        ratio = "n/a" if t["ratio"] is None else (
+            f"{t['ratio']:+.0f} MiB" if "RSS" in t["target"] else f"{t['ratio']:.2f}x")
+        verdict = "INFO" if t["met"] is None else "MET" if t["met"] else "MISS"
+        lines.append(f"| {t['target']} | {ratio} | {verdict} |" if markdown
+                     else f"{verdict:<5}{t['target']}: {ratio}")
+    return "\n".join(lines)

@@ -80,20 +80,6 @@ def run_variant(variant: str, directory: str, timeout: float) -> dict:
     return result
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    out["chainio_git"] = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
-                                        capture_output=True, text=True).stdout.strip() or None
-    return out
-
-
 def summarize(results: list[dict]) -> list[dict]:
     rows = []
     for cache in ("cold", "hot"):
@@ -194,16 +180,6 @@ def fmt_table(rows: list[dict], markdown: bool) -> str:
     return "\n".join(lines)
 
 
-def fmt_targets(tg: list[dict], markdown: bool) -> str:
-    lines = ["| target | measured | |", "|---|---:|---|"] if markdown else []
-    for t in tg:
-        ratio = "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}x"
-        verdict = "INFO" if t["met"] is None else "MET" if t["met"] else "MISS"
-        lines.append(f"| {t['target']} | {ratio} | {verdict} |" if markdown
-                     else f"{verdict:<5}{t['target']}: {ratio}")
-    return "\n".join(lines)
-
-
 def patch_note(rows: list[dict]) -> str:
     ms = [r["patch_ms"] for r in rows if r.get("runs") and r["variant"] != "stock"]
     return (f"chainio_torch.patch() itself (before the clock, with torch and transformers "
@@ -272,7 +248,7 @@ def write_markdown(payload: dict, path: str) -> None:
           [f"Machine otherwise idle: other processes used "
            f"{payload.get('background_cores_median') or 0:.2f} cores during the median run.", ""]),
         fmt_table(payload["summary"], markdown=True), "",
-        fmt_targets(payload["targets"], markdown=True), "",
+        common.fmt_targets(payload["targets"], markdown=True), "",
         patch_note(payload["summary"]), "",
         "![hf_bench](hf_bench.png)", "",
     ]
@@ -324,7 +300,7 @@ def main() -> int:
     command = "python3 bench/hf_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     env = {k: v for k, v in os.environ.items() if k.startswith(("CHAINIO_", "HF_", "OMP_"))}
     payload = {
-        "benchmark": "hf_bench", "machine": info, "versions": versions(),
+        "benchmark": "hf_bench", "machine": info, "versions": common.versions(PACKAGES, ROOT),
         "config": {"command": command.strip(), "dir": directory, "bytes": stamp["tensor_bytes"],
                    "shards": len(paths), "tensors": stamp["tensors"], "model": stamp["config"],
                    "runs": args.runs, "variants": variants, "caches": caches,
@@ -368,7 +344,7 @@ def main() -> int:
     print()
     print(fmt_table(payload["summary"], markdown=False))
     print()
-    print(fmt_targets(payload["targets"], markdown=False))
+    print(common.fmt_targets(payload["targets"], markdown=False))
     print(patch_note(payload["summary"]))
     if payload.get("noise_warning"):
         print("\nWARNING: " + payload["noise_warning"])

@@ -23,7 +23,6 @@ parameter (load_worker.check), and the hook's stats (how many shards ChainIO ser
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -47,8 +46,7 @@ def main() -> int:
             r = load_worker.memfault(paths)
             result.update(r, call_seconds=r["seconds"], materialize_seconds=0.0,
                           mmap_backed_bytes=0, digest=None)
-            print("RESULT " + json.dumps(result), flush=True)
-            os._exit(0)
+            load_worker.emit_result(result)
         import torch
         import transformers
 
@@ -100,10 +98,7 @@ def main() -> int:
     except BaseException as e:  # noqa: BLE001  (a failed run is a result, not a crash)
         result.update(status="failed", error=f"{type(e).__name__}: {e}"[:500],
                       traceback=traceback.format_exc()[-2000:])
-    print("RESULT " + json.dumps(result), flush=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip interpreter teardown: nothing is measured there
+    load_worker.emit_result(result)
 
 
 if __name__ == "__main__":

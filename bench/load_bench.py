@@ -139,24 +139,6 @@ def warm_files(paths: list[str]) -> None:
     subprocess.run(["cat", *paths], stdout=subprocess.DEVNULL, check=True)
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    try:
-        out["chainio_git"] = subprocess.run(
-            ["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
-            text=True).stdout.strip() or None
-    except OSError:
-        out["chainio_git"] = None
-    return out
-
-
 # ---------------------------------------------------------------- summarizing
 
 def summarize(results: list[dict], order: list[str]) -> list[dict]:
@@ -310,21 +292,6 @@ def fmt_table(rows: list[dict], markdown: bool) -> str:
     return "\n".join(lines)
 
 
-def fmt_targets(tg: list[dict], markdown: bool) -> str:
-    lines = []
-    if markdown:
-        lines += ["| target | measured | |", "|---|---:|---|"]
-    for t in tg:
-        ratio = "n/a" if t["ratio"] is None else (
-            f"{t['ratio']:+.0f} MiB" if "RSS" in t["target"] else f"{t['ratio']:.2f}x")
-        verdict = "INFO" if t["met"] is None else "MET" if t["met"] else "MISS"
-        if markdown:
-            lines.append(f"| {t['target']} | {ratio} | {verdict} |")
-        else:
-            lines.append(f"{verdict:<5}{t['target']}: {ratio}")
-    return "\n".join(lines)
-
-
 def title_of(payload: dict) -> str:
     m, c = payload["machine"], payload["config"]
     return (f"load_bench: {c['bytes'] / 2**30:.2f} GiB Llama-shaped bf16 checkpoint in "
@@ -413,7 +380,7 @@ def write_markdown(payload: dict, path: str) -> None:
                 f"{payload.get('background_cores_median') or 0:.2f} cores during the median run.",
                 ""]),
         fmt_table(payload["summary"], markdown=True), "",
-        fmt_targets(payload["targets"], markdown=True), "",
+        common.fmt_targets(payload["targets"], markdown=True), "",
         "![load_bench](load_bench.png)", "",
     ]
     with open(path, "w") as f:
@@ -478,7 +445,7 @@ def main() -> int:
     order = loaders + ([] if args.no_fio else list(REFS))
     command = "python3 bench/load_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     payload = {
-        "benchmark": "load_bench", "machine": info, "versions": versions(),
+        "benchmark": "load_bench", "machine": info, "versions": common.versions(PACKAGES, ROOT),
         "config": {"command": command.strip(), "dir": directory, "bytes": stamp["tensor_bytes"],
                    "file_bytes": sum(os.path.getsize(p) for p in paths), "shards": len(paths),
                    "tensors": stamp["tensors"], "model": stamp["config"], "runs": args.runs,
@@ -546,7 +513,7 @@ def main() -> int:
     print()
     print(fmt_table(rows, markdown=False))
     print()
-    print(fmt_targets(payload["targets"], markdown=False))
+    print(common.fmt_targets(payload["targets"], markdown=False))
     if payload.get("noise_warning"):
         print("\nWARNING: " + payload["noise_warning"])
     write_outputs(payload, args.out)

@@ -145,6 +145,14 @@ def materialize_mmapped(tensors: dict, paths: list[str]) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- the loaders
 
+def emit_result(result: dict) -> None:
+    """Prints the one `RESULT {json}` line and ends the process at once: interpreter teardown
+    (loader thread pools, big frees) is not measured and only costs time."""
+    print("RESULT " + json.dumps(result), flush=True)
+    sys.stderr.flush()
+    os._exit(0)
+
+
 class Skip(Exception):
     """The loader is not available in this build (reported as skipped, not failed)."""
 
@@ -303,14 +311,12 @@ def main() -> int:
         paths = shard_files(directory)
         if loader == "memfault":
             result.update(memfault(paths))
-            print("RESULT " + json.dumps(result), flush=True)
-            os._exit(0)
+            emit_result(result)
         try:
             load = prepare(loader, directory, paths)
         except Skip as e:
             result.update(status="skipped", error=str(e))
-            print("RESULT " + json.dumps(result), flush=True)
-            return 0
+            emit_result(result)
         import torch
 
         result["torch_threads"] = torch.get_num_threads()
@@ -343,11 +349,7 @@ def main() -> int:
     except BaseException as e:  # noqa: BLE001  (a failed loader is a result, not a crash)
         result.update(status="failed", error=f"{type(e).__name__}: {e}"[:500],
                       traceback=traceback.format_exc()[-2000:])
-    print("RESULT " + json.dumps(result), flush=True)
-    # Skip interpreter teardown (loader thread pools, big frees): nothing is measured there.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    emit_result(result)
 
 
 if __name__ == "__main__":

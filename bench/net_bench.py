@@ -221,27 +221,19 @@ def summarize(results: list[dict]) -> tuple[list[dict], list[dict]]:
 XSK_RAW = os.path.join(ROOT, "build", "bench", "xsk_raw")
 
 
-def xdp_payload(mtu: int) -> int:
-    """Object bytes per AF_XDP frame at this MTU, as the transport picks them
-    (plugin/src/net: xdp_payload_for_mtu; multi-buffer frames above ~3.8 KB)."""
-    sg = mtu + 14 > 3840
-    room = 4 * 4096 - 82 if sg else 3840 - 82
-    return max(0, min(mtu - 68, room)) & ~7
-
-
 def run_raw(net: "netns.Net", args) -> dict:
-    """bench/xsk_raw on the same veth pair: pre-built frames of the transport's size, no
-    reliability, sender in b, receiver in a. The receiver's GB/s is the raw frame rate."""
+    """bench/xsk_raw on the same veth pair: pre-built frames of the transport's size (xsk_raw
+    picks it, "auto"), no reliability, sender in b, receiver in a. The receiver's GB/s is the
+    raw frame rate."""
     if not os.path.exists(XSK_RAW):
         return {"ok": False, "error": f"{XSK_RAW} missing: run `make build` first"}
     mac = netns.sh(["cat", f"/sys/class/net/{net.dev_a}/address"], ns=net.a).stdout.strip()
-    payload = xdp_payload(args.mtu)
     secs = str(args.raw_seconds)
     rx = subprocess.Popen(["ip", "netns", "exec", net.a, XSK_RAW, "recv", net.dev_a, "7300", secs],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # program attached and socket bound
     tx = netns.sh(["ip", "netns", "exec", net.b, XSK_RAW, "send", net.dev_b, "7301", mac,
-                   net.ip_a, "7300", str(payload), secs], check=False,
+                   net.ip_a, "7300", "auto", secs], check=False,
                   timeout=args.raw_seconds + 30)
     try:
         out, err = rx.communicate(timeout=args.raw_seconds + 40)
@@ -253,14 +245,15 @@ def run_raw(net: "netns.Net", args) -> dict:
         send = json.loads(tx.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return {"ok": False, "error": (out + err + tx.stdout + tx.stderr)[-1500:]}
-    return {"ok": True, "gbps": recv["gbps"], "payload": payload, "recv": recv, "send": send}
+    return {"ok": True, "gbps": recv["gbps"], "payload": send["udp_payload"], "recv": recv,
+            "send": send}
 
 
 def load_raw(args, measured: dict | None = None) -> tuple[float | None, str]:
     if args.raw_gbps:
         return args.raw_gbps, "--raw-gbps"
     if measured and measured.get("ok"):
-        return measured["gbps"], f"xsk_raw in this run, {measured['payload']} B payload frames"
+        return measured["gbps"], f"xsk_raw in this run, {measured['payload']} B UDP payload frames"
     path = os.path.join(args.out, "xsk_raw.json")
     if os.path.exists(path):
         with open(path) as f:

@@ -3,7 +3,9 @@
 // transport (XdpPort, our XDP program), but frames are pre-built once and only recycled.
 //
 //   xsk_raw recv IFNAME PORT SECONDS
-//   xsk_raw send IFNAME SRC_PORT DST_MAC DST_IP DST_PORT PAYLOAD_BYTES SECONDS
+//   xsk_raw send IFNAME SRC_PORT DST_MAC DST_IP DST_PORT PAYLOAD_BYTES|auto SECONDS
+//
+// PAYLOAD auto: the object bytes per frame the transport itself uses at this MTU.
 //
 // Each prints one JSON line: frames, bytes (UDP payload), seconds, GB/s, CPU seconds.
 #include <arpa/inet.h>
@@ -102,7 +104,10 @@ int main(int argc, char** argv) {
     if (!mac_from_string(argv[4], peer.mac)) return die("bad MAC");
     inet_pton(AF_INET, argv[5], &peer.ip);
     peer.port = static_cast<uint16_t>(std::atoi(argv[6]));
-    const uint32_t payload = static_cast<uint32_t>(std::atoi(argv[7]));
+    const uint32_t payload = std::strcmp(argv[7], "auto") == 0
+                                 ? xdp_payload_for_mtu(itf.value().mtu, sg) +
+                                       static_cast<uint32_t>(sizeof(wire::FrameHeader))
+                                 : static_cast<uint32_t>(std::atoi(argv[7]));
     const double secs = std::atof(argv[8]);
     const size_t frame_bytes = wire::kL2L4Bytes + payload;
     const uint32_t segs = static_cast<uint32_t>((frame_bytes + XdpPort::kFrameBytes - 1) / XdpPort::kFrameBytes);
@@ -149,8 +154,9 @@ int main(int argc, char** argv) {
         ::sendto(p.fd(), nullptr, 0, MSG_DONTWAIT, nullptr, 0);
     }
     const double dt = double(now_ns() - t0) / 1e9;
-    std::printf("{\"mode\": \"send\", \"frames\": %lu, \"payload_bytes\": %lu, \"seconds\": %.4f, "
-                "\"gbps\": %.4f, \"cpu_seconds\": %.3f, \"sg\": %s}\n",
-                frames, bytes, dt, double(bytes) / dt / 1e9, cpu_seconds() - c0, sg ? "true" : "false");
+    std::printf("{\"mode\": \"send\", \"frames\": %lu, \"udp_payload\": %u, \"payload_bytes\": %lu, "
+                "\"seconds\": %.4f, \"gbps\": %.4f, \"cpu_seconds\": %.3f, \"sg\": %s}\n",
+                frames, payload, bytes, dt, double(bytes) / dt / 1e9, cpu_seconds() - c0,
+                sg ? "true" : "false");
     return 0;
 }

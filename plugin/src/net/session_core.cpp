@@ -30,6 +30,13 @@ bool Stream::mark(uint32_t i) {
 
 Status closed_error() { return Status(ENOTCONN, "the session is closed"); }
 
+Status peer_gone(const Message& m) {
+    if (m.header.type == static_cast<uint32_t>(wire::Msg::kError))
+        return Status(m.header.b ? static_cast<int>(m.header.b) : EPROTO,
+                      "the peer failed: " + std::string(m.body.begin(), m.body.end()));
+    return Status(ECONNRESET, "the peer closed the session");
+}
+
 SessionCore::SessionCore(int fd, uint64_t token, const NetOptions& options, std::string fallback)
     : fd_(fd), token_(token), options_(options), fallback_(std::move(fallback)) {}
 

@@ -27,6 +27,7 @@ struct Stream {
     uint32_t cum = 0;       ///< every chunk below it is acknowledged/received
     uint32_t next_new = 0;  ///< sender: first chunk never sent
     size_t count_bytes = 0; ///< TCP receiver: bytes arrived (in order)
+    bool verified = false;  ///< receiver: complete and its digest checked
     std::vector<uint64_t> bits;
     std::vector<int64_t> sent_ns;  ///< sender: time of the last send of each chunk
     std::vector<uint64_t> resent;  ///< sender: chunk was sent more than once (no RTT sample)
@@ -49,7 +50,7 @@ public:
     void close() override;
 
 protected:
-    enum Tag : uint64_t { kCtlRecv = 1, kCtlSend = 2, kXskPoll = 3, kXskKick = 4, kCancel = 5 };
+    enum Tag : uint64_t { kCtlRecv = 1, kCtlSend = 2, kXskPoll = 3, kCancel = 5 };
 
     /// Submits what is queued, then (may_block) waits for one completion or until wake_at_ns,
     /// and dispatches every completion. Errors of the control channel are returned.
@@ -123,7 +124,11 @@ private:
     bool closed_ = false;
 };
 
-/// Tells an "xdp" transport from a "tcp" one for error messages.
+/// The error of a session that is closed.
 Status closed_error();
+
+/// The Status for an ERROR or CLOSE control message that arrives in the middle of a transfer:
+/// the peer's error, or its goodbye (-ECONNRESET).
+Status peer_gone(const Message& m);
 
 }  // namespace chainio::net

@@ -3,7 +3,6 @@
 // with io_uring RECV straight into the destination (no staging copy in user space).
 
 #include <nlohmann/json.hpp>
-#include <xxhash.h>
 
 #include "net/session_core.h"
 #include "net/transports.h"
@@ -30,7 +29,7 @@ public:
         const uint32_t transfer = next_transfer_++;
         nlohmann::json m = {{"transfer", transfer}, {"objects", nlohmann::json::array()}};
         for (const Span& o : objects) {
-            m["objects"].push_back({o.size, digest(o.data, o.size)});
+            m["objects"].push_back({o.size, wire::object_digest(o.data, o.size)});
         }
         queue_message(wire::Msg::kManifest, transfer, 0, m.dump());
         size_t obj = 0, off = 0;
@@ -61,9 +60,8 @@ public:
                                   "the peer rejected the transfer: " +
                                       std::string(msg.body.begin(), msg.body.end()));
                 }
-                if (t == wire::Msg::kError) return fail(peer_error(msg), false);
-                if (t == wire::Msg::kClose)
-                    return fail(Status(ECONNRESET, "the peer closed the session"), false);
+                if (t == wire::Msg::kError || t == wire::Msg::kClose)
+                    return fail(peer_gone(msg), false);
                 return fail(Status(EPROTO, "unexpected control message " +
                                                std::to_string(msg.header.type) + " while sending"));
             }
@@ -81,9 +79,8 @@ public:
             if (pop_message(&msg)) {
                 const auto t = static_cast<wire::Msg>(msg.header.type);
                 if (t == wire::Msg::kManifest) break;
-                if (t == wire::Msg::kError) return fail(peer_error(msg), false);
-                if (t == wire::Msg::kClose)
-                    return fail(Status(ECONNRESET, "the peer closed the session"), false);
+                if (t == wire::Msg::kError || t == wire::Msg::kClose)
+                    return fail(peer_gone(msg), false);
                 return fail(Status(EPROTO, "unexpected control message " +
                                                std::to_string(msg.header.type) + " before a manifest"));
             }
@@ -125,7 +122,7 @@ public:
             if (pop_message(&msg)) {
                 const auto t = static_cast<wire::Msg>(msg.header.type);
                 receiving_ = false;
-                if (t == wire::Msg::kError) return fail(peer_error(msg), false);
+                if (t == wire::Msg::kError) return fail(peer_gone(msg), false);
                 return fail(Status(EPROTO, "control message " + std::to_string(msg.header.type) +
                                                " in the middle of a transfer"));
             }
@@ -151,16 +148,6 @@ public:
     }
 
 private:
-    static uint64_t digest(const void* p, size_t n) {
-        static const uint8_t empty = 0;
-        return XXH3_64bits(n ? p : &empty, n);
-    }
-
-    static Status peer_error(const Message& m) {
-        return Status(m.header.b ? static_cast<int>(m.header.b) : EPROTO,
-                      "the peer failed: " + std::string(m.body.begin(), m.body.end()));
-    }
-
     Status flush() {
         const int64_t give_up = now_ns() + int64_t(options_.timeout_ms) * 1'000'000;
         while (!out_idle()) {
@@ -172,7 +159,7 @@ private:
 
     void finish(Stream& s) {
         ++done_;
-        if (digest(s.data, s.size) != s.digest && mismatch_.is_ok()) {
+        if (wire::object_digest(s.data, s.size) != s.digest && mismatch_.is_ok()) {
             mismatch_ = Status(EBADMSG, "object " + std::to_string(&s - rx_streams_.data()) +
                                             " arrived with another digest than its manifest's");
         }

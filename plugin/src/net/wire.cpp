@@ -1,6 +1,7 @@
 #include "net/wire.h"
 
 #include <arpa/inet.h>
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
 
 namespace chainio::net::wire {
@@ -42,10 +43,26 @@ void build_l2l4(uint8_t* p, const Endpoint& src, const Endpoint& dst, size_t udp
     put16(udp + 6, 0);  // no UDP checksum (IPv4 allows it); frame_check covers our bytes
 }
 
+uint64_t object_digest(const void* data, size_t size) {
+    static const uint8_t empty = 0;
+    return XXH3_64bits(size ? data : &empty, size);
+}
+
 uint64_t frame_check(const FrameHeader& h, const void* payload, size_t len) {
     FrameHeader z = h;
     z.check = 0;
     return XXH3_64bits_withSeed(payload, len, XXH3_64bits(&z, sizeof(z)));
+}
+
+uint64_t frame_check(const FrameHeader& h, const uint8_t* const* pieces, const uint32_t* lens,
+                     uint32_t count) {
+    if (count == 1) return frame_check(h, pieces[0], lens[0]);
+    FrameHeader z = h;
+    z.check = 0;
+    XXH3_state_t st;
+    XXH3_64bits_reset_withSeed(&st, XXH3_64bits(&z, sizeof(z)));
+    for (uint32_t i = 0; i < count; ++i) XXH3_64bits_update(&st, pieces[i], lens[i]);
+    return XXH3_64bits_digest(&st);
 }
 
 const uint8_t* udp_payload(const uint8_t* f, size_t len, uint16_t port, size_t* out_len) {

@@ -81,8 +81,14 @@ struct Endpoint {
 void build_l2l4(uint8_t* p, const Endpoint& src, const Endpoint& dst, size_t udp_payload,
                 uint16_t ip_id);
 
+/// The end-to-end digest of an object (xxh3-64; an empty object has one too).
+uint64_t object_digest(const void* data, size_t size);
+
 /// The frame checksum described above.
 uint64_t frame_check(const FrameHeader& h, const void* payload, size_t len);
+/// The same over a payload in `count` pieces (a multi-buffer frame's chunks).
+uint64_t frame_check(const FrameHeader& h, const uint8_t* const* pieces, const uint32_t* lens,
+                     uint32_t count);
 
 /// Parses the Ethernet/IPv4/UDP headers of a received frame; returns a pointer to the UDP
 /// payload and its length, or nullptr when the frame is not a well-formed datagram to `port`.

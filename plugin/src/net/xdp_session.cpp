@@ -18,8 +18,6 @@
 #include <linux/if_xdp.h>
 #include <poll.h>
 #include <sys/socket.h>
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
@@ -35,6 +33,7 @@ namespace {
 constexpr uint16_t kManifestStream = 0xffff;
 constexpr uint8_t kDoneFrame = 3;  // wire::Frame has kData/kAck; DONE: window = status errno
 constexpr uint32_t kRxBatch = 64;
+constexpr uint32_t kRunFrames = 16;
 constexpr uint32_t kAckEvery = 32;
 constexpr int64_t kAckDelay = 100'000;  // ns
 constexpr uint32_t kMaxSegs = 4;
@@ -63,19 +62,6 @@ constexpr int64_t kMaxRto = 500'000'000;
 constexpr int64_t kInitialRto = 20'000'000;
 constexpr uint32_t kMaxManifest = 8 + (kManifestStream - 1) * 16;
 
-// The Status for a control message that arrives in the middle of a transfer: the peer's error,
-// or its goodbye.
-Status peer_gone(const Message& m) {
-    if (m.header.type == static_cast<uint32_t>(wire::Msg::kError))
-        return Status(m.header.b ? static_cast<int>(m.header.b) : EPROTO,
-                      "the peer failed: " + std::string(m.body.begin(), m.body.end()));
-    return Status(ECONNRESET, "the peer closed the session");
-}
-
-uint64_t digest_of(const void* p, size_t n) {
-    static const uint8_t empty = 0;
-    return XXH3_64bits(n ? p : &empty, n);
-}
 
 class XdpSession final : public SessionCore {
 public:
@@ -170,7 +156,8 @@ private:
     std::deque<std::pair<uint16_t, uint32_t>> fifo_;
     uint32_t inflight_ = 0;
     uint32_t peer_window_ = 0;
-    size_t rr_ = 0;
+    size_t rr_ = 0;   // stream that gets the next new chunk
+    uint32_t run_ = 0;  // new chunks sent so far, for switching streams every kRunFrames
     bool tx_done_ = false;
     Status tx_result_;
     int64_t last_ack_ns_ = 0;
@@ -371,18 +358,7 @@ bool XdpSession::on_frame(const RxFrame& f) {
         ++stats_.dropped_bad_len;
         return false;
     }
-    uint64_t check;
-    if (pieces.count == 1) {
-        check = wire::frame_check(h, pieces.p[0], pieces.n[0]);
-    } else {
-        wire::FrameHeader z = h;
-        z.check = 0;
-        XXH3_state_t st;
-        XXH3_64bits_reset_withSeed(&st, XXH3_64bits(&z, sizeof(z)));
-        for (uint32_t i = 0; i < pieces.count; ++i) XXH3_64bits_update(&st, pieces.p[i], pieces.n[i]);
-        check = XXH3_64bits_digest(&st);
-    }
-    if (check != h.check) {
+    if (wire::frame_check(h, pieces.p, pieces.n, pieces.count) != h.check) {
         ++stats_.dropped_bad_check;
         return false;
     }
@@ -499,7 +475,7 @@ void XdpSession::fill_window(bool* progress) {
             if (tries == tx_streams_.size()) break;
             id = static_cast<uint16_t>(rr_);
             // A run of frames per stream keeps the receiver's writes sequential.
-            if (++tx_streams_[rr_].count_bytes % 16 == 0) rr_ = (rr_ + 1) % tx_streams_.size();
+            if (++run_ % kRunFrames == 0) rr_ = (rr_ + 1) % tx_streams_.size();
         }
         Stream& s = tx_stream(id);
         send_chunk(id, s.next_new++, false);
@@ -563,7 +539,7 @@ Status XdpSession::send(std::span<const Span> objects) {
         Stream& s = tx_streams_[i];
         s.data = static_cast<uint8_t*>(objects[i].data);
         s.size = objects[i].size;
-        s.digest = digest_of(s.data, s.size);
+        s.digest = wire::object_digest(s.data, s.size);
         s.init(static_cast<uint32_t>((s.size + payload_ - 1) / payload_), true);
         uint64_t rec[2] = {s.size, s.digest};
         const auto* r = reinterpret_cast<const uint8_t*>(rec);
@@ -576,6 +552,7 @@ Status XdpSession::send(std::span<const Span> objects) {
     fifo_.clear();
     inflight_ = 0;
     rr_ = 0;
+    run_ = 0;
     peer_window_ = initial_window_;
     tx_done_ = false;
     tx_result_ = Status();
@@ -695,7 +672,7 @@ bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload) {
     if (s->complete()) {
         if (h.stream == kManifestStream) {
             if (!have_manifest_ && rx_error_.is_ok()) rx_error_ = manifest_arrived();
-        } else if (!s->next_new) {  // on the receiver, next_new = 1 marks "digest checked"
+        } else if (!s->verified) {
             stream_done(*s, h.stream);
         }
     }
@@ -730,9 +707,9 @@ Status XdpSession::manifest_arrived() {
 }
 
 void XdpSession::stream_done(Stream& s, size_t index) {
-    s.next_new = 1;
+    s.verified = true;
     ++rx_complete_;
-    if (digest_of(s.data, s.size) != s.digest && rx_error_.is_ok()) {
+    if (wire::object_digest(s.data, s.size) != s.digest && rx_error_.is_ok()) {
         rx_error_ = Status(EBADMSG, "object " + std::to_string(index) +
                                         " arrived with another digest than its manifest's");
     }
