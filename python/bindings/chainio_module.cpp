@@ -8,6 +8,7 @@
 
 #include "chainio/engine.h"
 #include "chainio/net.h"
+#include "chainio/peer.h"
 #include "chainio/safetensors.h"
 
 namespace py = pybind11;
@@ -209,6 +210,35 @@ void net_recv(PySession& self, const std::function<void*(size_t, size_t)>& place
         st = self.get().recv(place);
     }
     if (!st.is_ok()) raise_status(st);
+}
+
+py::dict seeder_stats_dict(const chainio::peer::SeederStats& s) {
+    py::dict d;
+    d["sessions"] = s.sessions;
+    d["active"] = s.active;
+    d["refused"] = s.refused;
+    d["requests"] = s.requests;
+    d["requests_failed"] = s.requests_failed;
+    d["bytes_served"] = s.bytes_served;
+    d["xdp_sessions"] = s.xdp_sessions;
+    return d;
+}
+
+py::dict fetch_report_dict(const chainio::peer::FetchReport& r) {
+    py::list sources;
+    for (const auto& src : r.sources) {
+        py::dict d;
+        d["name"] = src.name;
+        d["transport"] = src.transport;
+        d["bytes"] = src.bytes;
+        d["error"] = src.error;
+        sources.append(d);
+    }
+    py::dict d;
+    d["sources"] = sources;
+    d["bytes"] = r.bytes;
+    d["seconds"] = r.seconds;
+    return d;
 }
 
 }  // namespace
@@ -467,4 +497,133 @@ PYBIND11_MODULE(_C, m) {
         py::arg("ip"), py::arg("port"), py::arg("transport") = "auto", py::arg("ifname") = "",
         py::arg("timeout_ms") = 5000, py::arg("busy_poll") = false,
         "Connect to a NetListener; transport 'auto' uses AF_XDP when both sides can.");
+
+    m.def(
+        "parse_safetensors_header",
+        [](const py::bytes& prefix, uint64_t file_size, const std::string& name) {
+            const std::string_view v = prefix;
+            uint64_t needed = 0;
+            auto h = chainio::safetensors::parse_header(
+                reinterpret_cast<const uint8_t*>(v.data()), v.size(), file_size, name, &needed);
+            if (!h) {
+                if (h.status().code() == -EAGAIN)
+                    throw py::value_error(name + ": header needs " + std::to_string(needed) +
+                                          " bytes, got " + std::to_string(v.size()));
+                raise_status(h.status());
+            }
+            return header_dict(h.value());
+        },
+        py::arg("prefix"), py::arg("file_size"), py::arg("name"),
+        "Like read_safetensors_header, from the file's first 8 + N bytes (e.g. fetched from a "
+        "seeder).");
+
+    // ---- weight distribution (chainio/peer.h)
+    py::class_<chainio::peer::Seeder>(m, "Seeder",
+                                      "Serves the files under `root` to ChainIO fetchers.")
+        .def(py::init([](const std::string& root, const std::string& token, const std::string& ip,
+                         uint16_t port, const std::string& transport, const std::string& ifname,
+                         uint32_t timeout_ms, unsigned max_sessions, size_t chunk_bytes,
+                         uint32_t idle_ms, bool busy_poll) {
+                 chainio::peer::SeederOptions o;
+                 o.root = root;
+                 o.ip = ip;
+                 o.port = port;
+                 o.net = net_options(transport, ifname, timeout_ms, busy_poll);
+                 o.net.auth = token;
+                 o.max_sessions = max_sessions;
+                 o.chunk_bytes = chunk_bytes;
+                 o.idle_ms = idle_ms;
+                 chainio::Result<std::unique_ptr<chainio::peer::Seeder>> r = Status(EINVAL, "unset");
+                 {
+                     py::gil_scoped_release release;
+                     r = chainio::peer::Seeder::start(o);
+                 }
+                 if (!r) raise_status(r.status());
+                 return std::move(r.value());
+             }),
+             py::arg("root"), py::arg("token"), py::arg("ip") = "0.0.0.0", py::arg("port") = 0,
+             py::arg("transport") = "auto", py::arg("ifname") = "", py::arg("timeout_ms") = 5000,
+             py::arg("max_sessions") = 8, py::arg("chunk_bytes") = size_t(8) << 20,
+             py::arg("idle_ms") = 60000, py::arg("busy_poll") = false)
+        .def_property_readonly("port", &chainio::peer::Seeder::port)
+        .def("stats", [](const chainio::peer::Seeder& s) { return seeder_stats_dict(s.stats()); })
+        .def(
+            "stop",
+            [](chainio::peer::Seeder& s) {
+                py::gil_scoped_release release;
+                s.stop();
+            },
+            "Stop accepting, end every session and join the threads.");
+
+    py::class_<chainio::peer::Fetcher>(m, "PeerFetcher",
+                                       "Sessions to seeders (\"ip:port\"); reads striped across "
+                                       "them with failover. Blocking calls release the GIL.")
+        .def(py::init([](const std::vector<std::string>& peers, const std::string& token,
+                         const std::string& transport, uint32_t timeout_ms, size_t piece_bytes,
+                         Engine* engine, bool busy_poll) {
+                 chainio::peer::FetchOptions o;
+                 o.net = net_options(transport, "", timeout_ms, busy_poll);
+                 o.net.auth = token;
+                 o.piece_bytes = piece_bytes;
+                 o.engine = engine;
+                 auto r = chainio::peer::Fetcher::create(peers, o);
+                 if (!r) raise_status(r.status());
+                 return std::move(r.value());
+             }),
+             py::arg("peers"), py::arg("token"), py::arg("transport") = "auto",
+             py::arg("timeout_ms") = 5000, py::arg("piece_bytes") = size_t(64) << 20,
+             py::arg("engine") = nullptr, py::arg("busy_poll") = false,
+             py::keep_alive<1, 7>())
+        .def(
+            "stat",
+            [](chainio::peer::Fetcher& f, const std::string& path) {
+                chainio::Result<chainio::peer::Fetcher::FileInfo> r = Status(EINVAL, "unset");
+                {
+                    py::gil_scoped_release release;
+                    r = f.stat(path);
+                }
+                if (!r) raise_status(r.status());
+                return py::make_tuple(r.value().size, r.value().mtime_ns);
+            },
+            py::arg("path"), "(size, mtime_ns) of `path` on the first seeder that has it.")
+        .def(
+            "list",
+            [](chainio::peer::Fetcher& f, const std::string& path) {
+                chainio::Result<std::vector<std::pair<std::string, uint64_t>>> r =
+                    Status(EINVAL, "unset");
+                {
+                    py::gil_scoped_release release;
+                    r = f.list(path);
+                }
+                if (!r) raise_status(r.status());
+                return r.value();
+            },
+            py::arg("path"), "[(name, size)] of the regular files directly in directory `path`.")
+        .def(
+            "read",
+            [](chainio::peer::Fetcher& f, const std::string& path, uint64_t size,
+               const py::list& extents, const std::string& local_path, const py::object& keepalive) {
+                (void)keepalive;  // held by the caller's frame for the duration of this call
+                std::vector<chainio::peer::FetchExtent> ex;
+                for (const py::handle& item : extents) {
+                    auto t = item.cast<py::tuple>();
+                    if (t.size() != 3) throw py::value_error("extents are (offset, length, address)");
+                    ex.push_back({t[0].cast<uint64_t>(), t[1].cast<uint64_t>(),
+                                  reinterpret_cast<void*>(t[2].cast<uintptr_t>())});
+                }
+                chainio::peer::Fetcher::FileInfo info;
+                info.size = size;
+                chainio::peer::FetchReport report;
+                Status st;
+                {
+                    py::gil_scoped_release release;
+                    st = f.read(path, info, ex, local_path, &report);
+                }
+                if (!st.is_ok()) raise_status(st);
+                return fetch_report_dict(report);
+            },
+            py::arg("path"), py::arg("size"), py::arg("extents"), py::arg("local_path") = "",
+            py::arg("keepalive") = py::none(),
+            "Read [(offset, length, address)] of `path` (a `size`-byte file) from the seeders; "
+            "what none delivers comes from `local_path`. Returns who delivered what.");
 }

@@ -14,7 +14,7 @@ from ._C import Engine, ReadHandle, __version__
 
 __all__ = [
     "Engine", "ReadHandle", "SafetensorError", "__version__", "default_engine", "empty_aligned",
-    "load_checkpoint", "load_file", "read_into", "safe_open",
+    "load_checkpoint", "load_file", "read_into", "safe_open", "Seeder",
     "patch", "unpatch", "patched", "stats", "reset_stats",
 ]
 
@@ -28,6 +28,10 @@ def __getattr__(name):
         from . import loader
 
         return getattr(loader, name)
+    if name == "Seeder":
+        from .peer import Seeder
+
+        return Seeder
     if name == "SafetensorError":
         from .errors import SafetensorError
 

@@ -71,6 +71,8 @@ def _load(args) -> int:
     from . import default_engine
     from .loader import checkpoint_files, load_checkpoint, same_bytes
 
+    if args.peer:
+        return _fetch(args)
     files = checkpoint_files(args.path)
     engine = default_engine()
     before = engine.stats()
@@ -107,6 +109,79 @@ def _load(args) -> int:
     return 0 if not mismatched else 1
 
 
+def _fetch(args) -> int:
+    import time
+
+    from .loader import load_checkpoint
+
+    report: list = []
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    tensors = load_checkpoint(args.path, device=args.device, progress=args.progress,
+                              peers=args.peer, token=args.token, cache_dir=args.cache_dir,
+                              local_root=args.local_root, transport=args.transport,
+                              timeout_ms=args.timeout_ms, report=report)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    print(f"{len(tensors)} tensors from {len(report)} file(s), {nbytes / 1e9:.3f} GB in "
+          f"{seconds:.3f} s: {nbytes / seconds / 1e9:.2f} GB/s, {cpu / max(nbytes / 1e9, 1e-9):.2f} "
+          f"CPU-s/GB")
+    by_source: dict = {}
+    for r in report:
+        if r["from_cache"]:
+            by_source.setdefault(("cache", "local"), [0, ""])[0] += r["bytes"]
+        for src in r["sources"]:
+            entry = by_source.setdefault((src["name"], src["transport"]), [0, ""])
+            entry[0] += src["bytes"]
+            entry[1] = src["error"] or entry[1]
+    for (name, transport), (nbytes_src, error) in by_source.items():
+        print(f"  {name} ({transport or 'not connected'}): {nbytes_src / 1e9:.3f} GB"
+              f"{'; dropped: ' + error if error else ''}")
+    return 0
+
+
+def _seed(args) -> int:
+    import json
+    import signal
+    import threading
+
+    from .peer import Seeder
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Seeder(args.root, args.token, ip=args.ip, port=args.port, transport=args.transport,
+                ifname=args.iface, timeout_ms=args.timeout_ms,
+                max_sessions=args.max_sessions) as seeder:
+        print(f"chainio seed: serving {os.path.abspath(args.root)} on {args.ip}:{seeder.port} "
+              f"(transport {args.transport}, at most {args.max_sessions} fetchers at once)",
+              flush=True)
+        while not stop.wait(args.stats_every or 3600):
+            if args.stats_every:
+                print(f"chainio seed: {json.dumps(seeder.stats())}", flush=True)
+        stats = seeder.stats()
+    print(f"chainio seed: stopped; {json.dumps(stats)}", flush=True)
+    return 0
+
+
+def _add_peer_args(p, seeder: bool) -> None:
+    p.add_argument("--token", default=None,
+                   help="shared token (default: the CHAINIO_TOKEN environment variable)")
+    p.add_argument("--transport", default="auto", choices=("auto", "xdp", "tcp"),
+                   help="auto: AF_XDP when both sides can, else TCP (default)")
+    p.add_argument("--timeout-ms", type=int, default=5000,
+                   help="a peer silent this long fails (default 5000)")
+    if seeder:
+        p.add_argument("--ip", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+        p.add_argument("--port", type=int, default=7700, help="TCP port (default 7700)")
+        p.add_argument("--iface", default="", help="interface for AF_XDP (default: the one of "
+                                                   "each connection)")
+        p.add_argument("--max-sessions", type=int, default=8,
+                       help="fetchers served at once (default 8)")
+        p.add_argument("--stats-every", type=float, default=0,
+                       help="print the counters every N seconds (default: only at exit)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="chainio", description="ChainIO command line")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -119,6 +194,15 @@ def main(argv=None) -> int:
                       help="also load with safetensors.torch.load_file and compare bytes and time")
     load.add_argument("--list", action="store_true", help="print every tensor's dtype and shape")
     load.add_argument("--progress", action="store_true", help="show a progress bar")
+    load.add_argument("--peer", action="append", metavar="IP:PORT",
+                      help="fetch from this seeder (repeatable); PATH is then relative to its root")
+    load.add_argument("--cache-dir", default=None, help="with --peer: keep a local copy here")
+    load.add_argument("--local-root", default=None,
+                      help="with --peer: read from LOCAL_ROOT/PATH what no seeder delivers")
+    _add_peer_args(load, seeder=False)
+    seed = sub.add_parser("seed", help="serve the checkpoints under ROOT to fetchers")
+    seed.add_argument("root", help="directory whose files are served")
+    _add_peer_args(seed, seeder=True)
     args, rest = ap.parse_known_args(argv)
     if args.cmd == "demo":
         from .demo import main as demo_main
@@ -126,6 +210,12 @@ def main(argv=None) -> int:
         return demo_main(rest)
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.cmd == "seed":
+        try:
+            return _seed(args)
+        except (OSError, ValueError) as e:
+            print(f"chainio seed: {e}", file=sys.stderr)
+            return 2
     if args.cmd == "load":
         from .errors import SafetensorError
 

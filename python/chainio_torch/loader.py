@@ -225,16 +225,28 @@ def _resolve_device(device) -> torch.device:
 
 
 def load_file(path: PathLike, device: Union[str, torch.device] = "cpu",
-              engine=None) -> Dict[str, torch.Tensor]:
+              engine=None, *, peers: Optional[Sequence[str]] = None, token: Optional[str] = None,
+              cache_dir: Optional[PathLike] = None, local_root: Optional[PathLike] = None,
+              transport: str = "auto", timeout_ms: int = 5000,
+              report: Optional[list] = None) -> Dict[str, torch.Tensor]:
     """Load every tensor of a safetensors file, like ``safetensors.torch.load_file``.
 
     Same names, dtypes, shapes and bytes. The data region is read once, with io_uring, into one
     new aligned buffer; tensors are views of it (or copies, for a tensor whose offset is not a
     multiple of its element size). ``device="cuda"`` streams through pinned staging buffers.
 
+    With ``peers=["ip:port", ...]`` the file comes from ChainIO seeders (``chainio seed``) and
+    ``path`` is relative to their root; see ``load_checkpoint`` for ``token``, ``cache_dir``,
+    ``local_root``, ``transport``, ``timeout_ms`` and ``report``.
+
     Raises ``SafetensorError`` (a ``ValueError``) for a malformed file, ``FileNotFoundError`` /
     ``PermissionError`` from open, and ``OSError`` if the file changes while it is read.
     """
+    if peers is not None:
+        if not os.fspath(path).endswith(".safetensors") and os.path.isdir(os.fspath(path)):
+            raise ValueError(f"load_file takes a file, {path!r} is a directory")
+        return _load_from_peers(path, device, engine, False, peers, token, cache_dir, local_root,
+                                transport, timeout_ms, report)
     return _load_many([read_header(path)], device, engine, progress=False)
 
 
@@ -299,21 +311,111 @@ def _resolve_checkpoint(path: PathLike) -> Tuple[List[str], Optional[str], Optio
 
 
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
-                    progress: bool = False, engine=None) -> Dict[str, torch.Tensor]:
+                    progress: bool = False, engine=None, *,
+                    peers: Optional[Sequence[str]] = None, token: Optional[str] = None,
+                    cache_dir: Optional[PathLike] = None, local_root: Optional[PathLike] = None,
+                    transport: str = "auto", timeout_ms: int = 5000,
+                    report: Optional[list] = None) -> Dict[str, torch.Tensor]:
     """Load a whole checkpoint (a file, a directory, or a sharded ``model.safetensors.index.json``)
     into one ``{name: tensor}`` dict. Every shard is read concurrently; ``progress=True`` shows a
     tqdm bar with the read rate. Tensor names must be unique across shards, and when an index is
-    given every tensor it lists must be in the shard it names."""
+    given every tensor it lists must be in the shard it names.
+
+    From other machines: with ``peers=["ip:port", ...]`` (seeders started with ``chainio seed
+    ROOT`` or ``chainio_torch.Seeder``), ``path`` is relative to the seeders' ROOT. Each file's
+    bytes are striped across the seeders; one that fails or stays silent for ``timeout_ms`` hands
+    its share to the others and, when none is left, to ``local_root/path`` if that exists.
+
+    - ``token``: the seeders' shared token (default: ``CHAINIO_TOKEN``); a wrong one raises
+      ``PermissionError``. A path leaving the seeders' root raises ``OSError`` (EXDEV).
+    - ``cache_dir``: what arrives is also written to ``cache_dir/path`` (O_DIRECT, renamed into
+      place when complete); a later call with the same ``cache_dir`` loads from there and does
+      not contact the seeders. A ``Seeder`` on ``cache_dir`` relays the checkpoint further.
+    - ``transport``: ``auto`` (AF_XDP when both sides can, else TCP), ``xdp`` or ``tcp``.
+    - ``report``: a list; one dict per file is appended: ``path``, ``bytes``, ``seconds``,
+      ``from_cache`` and ``sources`` (``name``, ``transport``, ``bytes``, ``error`` of each
+      seeder, plus ``local:...`` when the local copy was used).
+    """
+    if peers is not None:
+        return _load_from_peers(path, device, engine, progress, peers, token, cache_dir,
+                                local_root, transport, timeout_ms, report)
     files, index_path, weight_map = _resolve_checkpoint(path)
     headers = [read_header(f) for f in files]
     if weight_map is not None:
-        root = os.path.dirname(index_path)
-        by_file = {h.path: h for h in headers}
-        for name, shard in weight_map.items():
-            h = by_file.get(os.path.join(root, shard))
-            if h is None or name not in h.tensors:
-                raise SafetensorError(f"{index_path}: tensor '{name}' is not in {shard}")
+        _check_index(index_path, weight_map, headers)
     return _load_many(headers, device, engine, progress)
+
+
+def _check_index(index_path: str, weight_map: Dict[str, str], headers: Sequence[FileHeader]) -> None:
+    root = os.path.dirname(index_path)
+    by_file = {h.path: h for h in headers}
+    for name, shard in weight_map.items():
+        h = by_file.get(os.path.join(root, shard))
+        if h is None or name not in h.tensors:
+            raise SafetensorError(f"{index_path}: tensor '{name}' is not in {shard}")
+
+
+def _load_from_peers(path, device, engine, progress, peers, token, cache_dir, local_root,
+                     transport, timeout_ms, report) -> Dict[str, torch.Tensor]:
+    from . import peer
+
+    name = peer.remote_name(path)
+    cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+    cached = peer.cached_checkpoint(cache_dir, name)
+    if cached is not None:
+        t0 = time.perf_counter()
+        out = load_checkpoint(cached, device, progress, engine)
+        if report is not None:
+            for f in checkpoint_files(cached):
+                report.append({"path": os.path.relpath(f, cache_dir), "bytes": os.path.getsize(f),
+                               "seconds": time.perf_counter() - t0, "sources": [],
+                               "from_cache": True})
+        return out
+    dev = _resolve_device(device)
+    engine = _engine(engine)
+    remote = peer.Remote(peers, token, transport, timeout_ms, engine,
+                         os.fspath(local_root) if local_root is not None else None)
+    files, index_name, weight_map = remote.files(name)
+    fetched = [remote.header(f) for f in files]
+    headers = [h for h, _ in fetched]
+    if weight_map is not None:
+        _check_index(index_name, weight_map, headers)
+    seen: Dict[str, str] = {}
+    for h in headers:
+        for t in h.tensors:
+            if t in seen:
+                raise SafetensorError(f"tensor '{t}' is in both {seen[t]} and {h.path}")
+            seen[t] = h.path
+    out: Dict[str, torch.Tensor] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(h.data_bytes for h in headers), unit="B", unit_scale=True,
+                   unit_divisor=1024, desc="fetching")
+    try:
+        for h, prefix in fetched:
+            buf = aligned_buffer(h.buffer_bytes)
+            r = remote.fetch(h, buf)
+            if cache_dir is not None:
+                peer.write_cached(os.path.join(cache_dir, h.path), prefix, h, buf)
+            if report is not None:
+                report.append({"path": h.path, "bytes": r["bytes"], "seconds": r["seconds"],
+                               "sources": r["sources"], "from_cache": False})
+            if bar is not None:
+                bar.update(h.data_bytes)
+            _tensors(h, buf, h.shift, out)
+    finally:
+        if bar is not None:
+            bar.close()
+    if cache_dir is not None and index_name is not None:
+        peer.copy_small(remote, cache_dir, index_name)
+    if cache_dir is not None and not name.endswith(".safetensors"):
+        directory = os.path.dirname(name) if name.endswith(".json") else name
+        peer.mark_complete(cache_dir, directory, [os.path.relpath(f, directory) for f in files])
+    if dev.type != "cpu":
+        out = {k: v.to(dev) for k, v in out.items()}
+    return out
 
 
 class _Slice:

@@ -41,6 +41,10 @@ struct NetOptions {
     bool busy_poll = false;      ///< spin on the rings instead of sleeping in io_uring_enter
     uint32_t timeout_ms = 5000;  ///< a peer silent this long fails the transfer (-ETIMEDOUT)
     size_t umem_bytes = 16u << 20;  ///< AF_XDP UMEM (half receive, half send), 4 KiB frames
+    /// Shared secret. connect() presents it in the hello; a Listener with a non-empty `auth`
+    /// refuses (-EACCES on both sides) a hello that does not carry the same string. It travels
+    /// in clear on the control connection: it keeps strangers out, it is not encryption.
+    std::string auth;
 };
 
 /// Counters of one session (monotonic).
@@ -101,6 +105,12 @@ public:
     virtual NetStats stats() const = 0;
     /// Tells the peer and closes; further calls fail with -ENOTCONN.
     virtual void close() = 0;
+    /// How long a silent peer is tolerated from the next send()/recv() on (NetOptions::timeout_ms).
+    virtual void set_timeout_ms(uint32_t timeout_ms) = 0;
+    /// The one call allowed from another thread while send()/recv() runs: shuts the control
+    /// connection down, so that the blocked call fails (-ECONNRESET) at once. The owner still
+    /// closes and destroys the session.
+    virtual void abort() = 0;
 
 protected:
     Session() = default;

@@ -151,6 +151,13 @@ Result<XdpPeering> peering_of(const Side& self, const nlohmann::json& peer) {
     return p;
 }
 
+// Compares without an early exit, so timing does not tell how much of a guess was right.
+bool same_secret(const std::string& a, const std::string& b) {
+    unsigned char diff = a.size() != b.size();
+    for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % (b.size() ? b.size() : 1)];
+    return b.size() && diff == 0;
+}
+
 void note_fallback(const std::string& why) {
     log::once(log::Level::kInfo, "net-fallback:" + why, "peer transfers use TCP: " + why);
 }
@@ -174,9 +181,9 @@ Result<std::unique_ptr<Session>> Session::connect(const std::string& ip, uint16_
         ::close(cfd);
         return s;
     };
-    if (Status s = send_message(cfd, wire::Msg::kHello, 0, 0,
-                                hello_of(side, side.port ? "xdp" : "tcp").dump(), o.timeout_ms);
-        !s)
+    auto hello = hello_of(side, side.port ? "xdp" : "tcp");
+    if (!o.auth.empty()) hello["auth"] = o.auth;
+    if (Status s = send_message(cfd, wire::Msg::kHello, 0, 0, hello.dump(), o.timeout_ms); !s)
         return fail(s);
     auto reply = recv_message(cfd, o.timeout_ms);
     if (!reply) return fail(reply.status());
@@ -252,6 +259,15 @@ Result<std::unique_ptr<Session>> Listener::accept(uint32_t timeout_ms) {
     if (!j) {
         (void)send_message(cfd, wire::Msg::kError, 0, EPROTO, j.status().message(), 200);
         return fail(j.status());
+    }
+    const auto auth = j.value().find("auth");
+    const std::string presented =
+        auth != j.value().end() && auth->is_string() ? auth->get<std::string>() : std::string();
+    if (!options_.auth.empty() && !same_secret(presented, options_.auth)) {
+        const std::string why = j.value().contains("auth") ? "wrong token" : "no token";
+        (void)send_message(cfd, wire::Msg::kError, 0, EACCES,
+                           why + " in the hello: this peer requires the shared token", 200);
+        return fail(Status(EACCES, "refused a peer: " + why + " in its hello"));
     }
     std::string forced;
     const TransportKind kind = wanted(options_, &forced);

@@ -278,6 +278,11 @@ Status SessionCore::fail(Status st, bool tell_peer) {
     return st;
 }
 
+void SessionCore::abort() {
+    // shutdown(2) on a descriptor that stays open until the destructor: safe from any thread.
+    ::shutdown(fd_, SHUT_RDWR);
+}
+
 void SessionCore::close() {
     if (closed_) return;
     if (broken_.is_ok() && ring_ok_) {

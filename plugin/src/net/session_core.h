@@ -48,6 +48,8 @@ public:
     const std::string& fallback_reason() const override { return fallback_; }
     NetStats stats() const override { return stats_; }
     void close() override;
+    void set_timeout_ms(uint32_t timeout_ms) override { options_.timeout_ms = timeout_ms; }
+    void abort() override;
 
 protected:
     enum Tag : uint64_t { kCtlRecv = 1, kCtlSend = 2, kXskPoll = 3, kCancel = 5 };

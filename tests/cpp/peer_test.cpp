@@ -1,0 +1,224 @@
+// Seeder and Fetcher in one process over TCP on loopback (so that ASan/UBSan see them): path
+// confinement, the token, striping, failover to other seeders and to the local copy, stale
+// files. tests/net runs the same across network namespaces, on AF_XDP too, and kills peers.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "chainio/peer.h"
+#include "test_util.h"
+
+namespace chainio::peer {
+namespace {
+
+using chainio::testing::pattern;
+using chainio::testing::TempDir;
+using chainio::testing::write_file;
+
+SeederOptions seeder_options(const std::string& root, const std::string& token = "secret") {
+    SeederOptions o;
+    o.root = root;
+    o.ip = "127.0.0.1";
+    o.net.transport = net::TransportKind::kTcp;
+    o.net.auth = token;
+    o.net.timeout_ms = 2000;
+    o.chunk_bytes = 256u << 10;
+    o.max_sessions = 4;
+    return o;
+}
+
+FetchOptions fetch_options(const std::string& token = "secret") {
+    FetchOptions o;
+    o.net.transport = net::TransportKind::kTcp;
+    o.net.auth = token;
+    o.net.timeout_ms = 2000;
+    o.piece_bytes = 1u << 20;
+    return o;
+}
+
+std::string addr(const Seeder& s) { return "127.0.0.1:" + std::to_string(s.port()); }
+
+class PeerTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        data_ = pattern(5 * (1u << 20) + 12345, 7);  // several pieces, an unaligned tail
+        ASSERT_EQ(mkdir(dir_.file("root").c_str(), 0755), 0);
+        ASSERT_EQ(mkdir(dir_.file("root/m").c_str(), 0755), 0);
+        write_file(dir_.file("root/m/w.bin"), data_);
+        write_file(dir_.file("outside.bin"), pattern(100, 1));
+    }
+    std::string root() const { return dir_.file("root"); }
+
+    // Fetches [off, off+len) of m/w.bin; the report goes to report_.
+    Status fetch(Fetcher& f, uint64_t off, uint64_t len, std::vector<uint8_t>* out,
+                 const std::string& local = "") {
+        out->assign(len, 0);
+        auto info = f.stat("m/w.bin");
+        if (!info) {
+            Fetcher::FileInfo guess;
+            guess.size = data_.size();
+            return f.read("m/w.bin", guess, {{off, len, out->data()}}, local, &report_);
+        }
+        EXPECT_EQ(info.value().size, data_.size());
+        return f.read("m/w.bin", info.value(), {{off, len, out->data()}}, local, &report_);
+    }
+    bool matches(const std::vector<uint8_t>& got, uint64_t off) const {
+        return std::memcmp(got.data(), data_.data() + off, got.size()) == 0;
+    }
+
+    TempDir dir_;
+    std::vector<uint8_t> data_;
+    FetchReport report_;
+};
+
+TEST_F(PeerTest, ReadsWholeFileAndRanges) {
+    auto s = Seeder::start(seeder_options(root()));
+    ASSERT_TRUE(s) << s.status().to_string();
+    auto f = Fetcher::create({addr(*s.value())}, fetch_options());
+    ASSERT_TRUE(f);
+    std::vector<uint8_t> got;
+    ASSERT_TRUE(fetch(*f.value(), 0, data_.size(), &got).is_ok());
+    EXPECT_TRUE(matches(got, 0));
+    EXPECT_EQ(report_.bytes, data_.size());
+    ASSERT_EQ(report_.sources.size(), 1u);
+    EXPECT_EQ(report_.sources[0].transport, "tcp");
+    // An odd range inside, then the last byte.
+    ASSERT_TRUE(fetch(*f.value(), 4093, 3 * (1u << 20) + 17, &got).is_ok());
+    EXPECT_TRUE(matches(got, 4093));
+    ASSERT_TRUE(fetch(*f.value(), data_.size() - 1, 1, &got).is_ok());
+    EXPECT_TRUE(matches(got, data_.size() - 1));
+    // Past the end: refused before anything is sent.
+    EXPECT_EQ(fetch(*f.value(), data_.size() - 1, 2, &got).code(), -EINVAL);
+    auto listing = f.value()->list("m");
+    ASSERT_TRUE(listing);
+    ASSERT_EQ(listing.value().size(), 1u);
+    EXPECT_EQ(listing.value()[0].first, "w.bin");
+    EXPECT_EQ(listing.value()[0].second, data_.size());
+    EXPECT_GE(s.value()->stats().bytes_served, data_.size());
+}
+
+TEST_F(PeerTest, RefusesPathsOutsideTheRootAndSpecialFiles) {
+    ASSERT_EQ(symlink(dir_.file("outside.bin").c_str(), dir_.file("root/m/out").c_str()), 0);
+    ASSERT_EQ(symlink("w.bin", dir_.file("root/m/in").c_str()), 0);  // stays inside: allowed
+    ASSERT_EQ(mkfifo(dir_.file("root/m/fifo").c_str(), 0644), 0);
+    auto s = Seeder::start(seeder_options(root()));
+    ASSERT_TRUE(s);
+    auto f = Fetcher::create({addr(*s.value())}, fetch_options());
+    ASSERT_TRUE(f);
+    for (const char* bad : {"../outside.bin", "m/../../outside.bin", "m/out"}) {
+        auto r = f.value()->stat(bad);
+        ASSERT_FALSE(r) << bad;
+        EXPECT_EQ(r.status().code(), -EXDEV) << bad;
+        EXPECT_NE(r.status().message().find("leaves the served directory"), std::string::npos);
+    }
+    auto abs = f.value()->stat(dir_.file("outside.bin"));
+    EXPECT_EQ(abs.status().code(), -EXDEV);
+    // A FIFO must not block the seeder (no writer ever comes) and is refused.
+    EXPECT_EQ(f.value()->stat("m/fifo").status().code(), -EINVAL);
+    EXPECT_EQ(f.value()->stat("m").status().code(), -EINVAL);  // a directory is not a file
+    EXPECT_EQ(f.value()->stat("m/none").status().code(), -ENOENT);
+    auto in = f.value()->stat("m/in");
+    ASSERT_TRUE(in);
+    EXPECT_EQ(in.value().size, data_.size());
+    // The session survived every refusal.
+    std::vector<uint8_t> got;
+    ASSERT_TRUE(fetch(*f.value(), 0, 4096, &got).is_ok());
+    EXPECT_EQ(s.value()->stats().requests_failed, 7u);  // every refusal above
+}
+
+TEST_F(PeerTest, TokenIsRequiredAndChecked) {
+    EXPECT_EQ(Seeder::start(seeder_options(root(), "")).status().code(), -EINVAL);
+    auto s = Seeder::start(seeder_options(root()));
+    ASSERT_TRUE(s);
+    for (const char* token : {"wrong", "secre", "secrett", ""}) {
+        auto f = Fetcher::create({addr(*s.value())}, fetch_options(token));
+        ASSERT_TRUE(f);
+        auto r = f.value()->stat("m/w.bin");
+        ASSERT_FALSE(r) << token;
+        EXPECT_EQ(r.status().code(), -EACCES) << token << ": " << r.status().to_string();
+    }
+    // The seeder counts a refusal after it has answered: wait (bounded) for the last one.
+    for (int i = 0; i < 200 && s.value()->stats().refused < 4; ++i) usleep(5000);
+    EXPECT_EQ(s.value()->stats().refused, 4u);
+    EXPECT_EQ(s.value()->stats().sessions, 0u);
+}
+
+TEST_F(PeerTest, StripesAcrossSeeders) {
+    auto a = Seeder::start(seeder_options(root()));
+    auto b = Seeder::start(seeder_options(root()));
+    ASSERT_TRUE(a && b);
+    auto f = Fetcher::create({addr(*a.value()), addr(*b.value())}, fetch_options());
+    ASSERT_TRUE(f);
+    std::vector<uint8_t> got;
+    ASSERT_TRUE(fetch(*f.value(), 0, data_.size(), &got).is_ok());
+    EXPECT_TRUE(matches(got, 0));
+    ASSERT_EQ(report_.sources.size(), 2u);
+    EXPECT_EQ(report_.sources[0].bytes + report_.sources[1].bytes, data_.size());
+    // Six pieces for two seeders each taking the next free one: both get work.
+    EXPECT_GT(a.value()->stats().bytes_served, 0u);
+    EXPECT_GT(b.value()->stats().bytes_served, 0u);
+}
+
+TEST_F(PeerTest, FailsOverToOtherSeedersThenToTheLocalCopy) {
+    auto good = Seeder::start(seeder_options(root()));
+    ASSERT_TRUE(good);
+    // A seeder whose root lacks the file sits the call out; a dead address is dropped.
+    TempDir empty;
+    auto lacking = Seeder::start(seeder_options(empty.path()));
+    ASSERT_TRUE(lacking);
+    auto f = Fetcher::create({"127.0.0.1:1", addr(*lacking.value()), addr(*good.value())},
+                             fetch_options());
+    ASSERT_TRUE(f);
+    std::vector<uint8_t> got;
+    ASSERT_TRUE(fetch(*f.value(), 0, data_.size(), &got).is_ok());
+    EXPECT_TRUE(matches(got, 0));
+    ASSERT_EQ(report_.sources.size(), 3u);
+    EXPECT_NE(report_.sources[0].error, "");  // connection refused
+    EXPECT_EQ(report_.sources[2].bytes, data_.size());
+
+    // The good seeder goes away between calls: the local copy serves everything.
+    good.value()->stop();
+    ASSERT_TRUE(fetch(*f.value(), 0, data_.size(), &got, dir_.file("root/m/w.bin")).is_ok());
+    EXPECT_TRUE(matches(got, 0));
+    ASSERT_EQ(report_.sources.size(), 4u);
+    EXPECT_EQ(report_.sources.back().name, "local:" + dir_.file("root/m/w.bin"));
+    EXPECT_EQ(report_.sources.back().bytes, data_.size());
+
+    // No seeder and no local copy: an error naming every seeder, nothing half-reported.
+    Status st = fetch(*f.value(), 0, data_.size(), &got);
+    EXPECT_EQ(st.code(), -EHOSTUNREACH);
+    EXPECT_NE(st.message().find("127.0.0.1:1"), std::string::npos) << st.message();
+}
+
+TEST_F(PeerTest, StaleSizeIsRefused) {
+    auto s = Seeder::start(seeder_options(root()));
+    ASSERT_TRUE(s);
+    auto f = Fetcher::create({addr(*s.value())}, fetch_options());
+    ASSERT_TRUE(f);
+    Fetcher::FileInfo wrong;
+    wrong.size = data_.size() + 1;
+    std::vector<uint8_t> got(4096);
+    Status st = f.value()->read("m/w.bin", wrong, {{0, 4096, got.data()}});
+    EXPECT_EQ(st.code(), -EHOSTUNREACH);
+    EXPECT_NE(st.message().find("bytes here, the fetcher expects"), std::string::npos)
+        << st.message();
+}
+
+TEST_F(PeerTest, StopEndsLiveSessions) {
+    auto s = Seeder::start(seeder_options(root()));
+    ASSERT_TRUE(s);
+    auto f = Fetcher::create({addr(*s.value())}, fetch_options());
+    ASSERT_TRUE(f);
+    std::vector<uint8_t> got;
+    ASSERT_TRUE(fetch(*f.value(), 0, 4096, &got).is_ok());
+    EXPECT_EQ(s.value()->stats().active, 1u);
+    s.value()->stop();  // must not wait for the idle session's timeout
+    EXPECT_EQ(s.value()->stats().active, 0u);
+}
+
+}  // namespace
+}  // namespace chainio::peer
