@@ -375,8 +375,24 @@ def _load_from_peers(path, device, engine, progress, peers, token, cache_dir, lo
     engine = _engine(engine)
     remote = peer.Remote(peers, token, transport, timeout_ms, engine,
                          os.fspath(local_root) if local_root is not None else None)
-    files, index_name, weight_map = remote.files(name)
-    fetched = [remote.header(f) for f in files]
+    try:
+        files, index_name, weight_map = remote.files(name)
+        fetched = [remote.header(f) for f in files]
+    except OSError as e:
+        local = os.path.join(os.fspath(local_root), name) if local_root is not None else None
+        if e.errno not in peer.UNREACHABLE or local is None or not os.path.exists(local):
+            raise
+        # No seeder answers at all: the local copy is the last resort for everything.
+        t0 = time.perf_counter()
+        out = load_checkpoint(local, device, progress, engine)
+        if report is not None:
+            for f in checkpoint_files(local):
+                size = os.path.getsize(f)
+                report.append({"path": os.path.relpath(f, os.fspath(local_root)), "bytes": size,
+                               "seconds": time.perf_counter() - t0, "from_cache": False,
+                               "sources": [{"name": "local:" + f, "transport": "local",
+                                            "bytes": size, "error": ""}]})
+        return out
     headers = [h for h, _ in fetched]
     if weight_map is not None:
         _check_index(index_name, weight_map, headers)

@@ -25,6 +25,9 @@ from .errors import SafetensorError
 _PREFIX_BYTES = 64 << 10  # first read of a remote file: the header of most checkpoints
 _DONE_MARK = ".chainio-fetched.json"  # a cached directory is complete when this is in it
 _ALIGN = 4096
+# Errors meaning "no seeder answered" (rather than "a seeder said no").
+UNREACHABLE = (errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.ECONNRESET,
+               errno.ENETUNREACH)
 
 
 def _token(token: Optional[str]) -> str:

@@ -65,7 +65,8 @@ int64_t mtime_ns(const struct stat& st) {
 struct Seeder::State {
     SeederOptions o;
     int root_fd = -1;
-    std::unique_ptr<net::Listener> listener;
+    std::unique_ptr<net::Listener> listener;  // closed by stop(): new fetchers are refused
+    uint16_t port = 0;
     std::unique_ptr<Engine> engine;
     std::unique_ptr<BufferPool> pool;  // 2 chunks per session slot
 
@@ -129,15 +130,16 @@ Result<std::unique_ptr<Seeder>> Seeder::start(const SeederOptions& options) {
     auto l = net::Listener::create(o.ip, o.port, o.net);
     if (!l) return l.status();
     st->listener = std::move(l.value());
+    st->port = st->listener->port();
     st->acceptor = std::thread([raw = st.get()] { raw->accept_loop(); });
     log::write(log::Level::kInfo, "seeder: serving " + o.root + " on " + o.ip + ":" +
-                                      std::to_string(st->listener->port()));
+                                      std::to_string(st->port));
     return std::unique_ptr<Seeder>(new Seeder(std::move(st)));
 }
 
 Seeder::~Seeder() { stop(); }
 
-uint16_t Seeder::port() const { return state_->listener->port(); }
+uint16_t Seeder::port() const { return state_->port; }
 
 SeederStats Seeder::stats() const {
     const State& s = *state_;
@@ -157,6 +159,7 @@ void Seeder::stop() {
     if (s.stopping.exchange(true)) return;
     s.cv.notify_all();
     if (s.acceptor.joinable()) s.acceptor.join();
+    s.listener.reset();
     std::list<State::Running> done;
     {
         std::lock_guard<std::mutex> lock(s.mu);

@@ -1,0 +1,185 @@
+"""Loading from seeders on loopback (TCP): load_file / load_checkpoint(peers=...), cache_dir,
+relaying, errors, and the `chainio seed` / `chainio load --peer` commands. tests/net runs the
+same between network namespaces over AF_XDP, with peers killed and frames corrupted."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+st = pytest.importorskip("safetensors.torch")
+
+import chainio_torch  # noqa: E402
+from chainio_torch import SafetensorError  # noqa: E402
+from chainio_torch.loader import same_bytes  # noqa: E402
+
+TOKEN = "pytest-token"
+
+
+@pytest.fixture
+def root(tmp_path_factory):
+    """A seeder root on a real disk with a 3-shard checkpoint `ck` (index included) and a
+    single file `one.safetensors`; returns (root, reference tensors of ck)."""
+    base = os.environ.get("CHAINIO_TEST_DIR", "/var/tmp")
+    d = os.path.join(base, f"chainio-peer-{os.getpid()}-{len(os.listdir(base))}")
+    os.makedirs(os.path.join(d, "ck"))
+    gen = torch.Generator().manual_seed(3)
+    ref, weight_map = {}, {}
+    for i in range(3):
+        shard = {f"layers.{i}.w": torch.randn(700, 1031, generator=gen).to(torch.bfloat16),
+                 f"layers.{i}.b": torch.randn(13, generator=gen),
+                 f"layers.{i}.step": torch.tensor(i, dtype=torch.int64),
+                 f"layers.{i}.empty": torch.empty(0, 5)}
+        name = f"model-{i + 1:05d}-of-00003.safetensors"
+        st.save_file(shard, os.path.join(d, "ck", name), metadata={"format": "pt"})
+        ref.update(shard)
+        weight_map.update({k: name for k in shard})
+    with open(os.path.join(d, "ck", "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    st.save_file({"x": torch.arange(10_000_000, dtype=torch.int32)}, os.path.join(d, "one.safetensors"))
+    yield d, ref
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def seeder(root):
+    with chainio_torch.Seeder(root[0], TOKEN, ip="127.0.0.1", transport="tcp",
+                              chunk_bytes=1 << 20) as s:
+        yield s
+
+
+def peers(*seeders):
+    return [f"127.0.0.1:{s.port}" for s in seeders]
+
+
+def assert_same(got, ref):
+    assert sorted(got) == sorted(ref)
+    for k, v in ref.items():
+        assert same_bytes(got[k], v), k
+
+
+@pytest.mark.parametrize("path", ["ck", "ck/model.safetensors.index.json"])
+def test_checkpoint_from_a_seeder_is_bit_identical(root, seeder, path):
+    report = []
+    got = chainio_torch.load_checkpoint(path, peers=peers(seeder), token=TOKEN, transport="tcp",
+                                        report=report)
+    assert_same(got, root[1])
+    assert [r["path"] for r in report] == [f"ck/model-{i:05d}-of-00003.safetensors" for i in (1, 2, 3)]
+    for r in report:
+        assert not r["from_cache"]
+        assert r["sources"][0]["transport"] == "tcp"
+        assert r["sources"][0]["bytes"] == r["bytes"] > 0
+    assert seeder.stats()["bytes_served"] >= sum(r["bytes"] for r in report)
+    got[next(iter(got))].view(-1).view(torch.uint8)[0] ^= 1  # tensors own writable memory
+
+
+def test_load_file_matches_safetensors(root, seeder):
+    got = chainio_torch.load_file("one.safetensors", peers=peers(seeder), token=TOKEN)
+    assert_same(got, st.load_file(os.path.join(root[0], "one.safetensors")))
+
+
+def test_token_from_environment_and_wrong_token(root, seeder, monkeypatch):
+    monkeypatch.setenv("CHAINIO_TOKEN", TOKEN)
+    assert chainio_torch.load_file("one.safetensors", peers=peers(seeder))["x"][-1] == 9_999_999
+    with pytest.raises(PermissionError, match="token"):
+        chainio_torch.load_file("one.safetensors", peers=peers(seeder), token="nope")
+    monkeypatch.delenv("CHAINIO_TOKEN")
+    with pytest.raises(ValueError, match="token"):
+        chainio_torch.load_file("one.safetensors", peers=peers(seeder))
+
+
+def test_refusals_are_clear(root, seeder, tmp_path):
+    outside = tmp_path / "secret.safetensors"
+    st.save_file({"s": torch.zeros(3)}, str(outside))
+    os.symlink(outside, os.path.join(root[0], "link.safetensors"))
+    kw = dict(peers=peers(seeder), token=TOKEN)
+    for bad in ("../secret.safetensors", str(outside), "link.safetensors"):
+        with pytest.raises(OSError, match="leaves the") as e:
+            chainio_torch.load_file(bad, **kw)
+        assert e.value.errno == 18  # EXDEV
+    with pytest.raises(FileNotFoundError, match="none.safetensors"):
+        chainio_torch.load_file("none.safetensors", **kw)
+    # A listing shows regular files only: the symlink out of the root is not offered.
+    assert sorted(chainio_torch.load_checkpoint(".", **kw)) == ["x"]
+    os.makedirs(os.path.join(root[0], "emptydir"))
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        chainio_torch.load_checkpoint("emptydir", **kw)
+
+
+def test_malformed_remote_header_is_a_safetensor_error(root, seeder):
+    with open(os.path.join(root[0], "bad.safetensors"), "wb") as f:
+        f.write((100).to_bytes(8, "little") + b'{"a": {"dtype": "F32", "shape": [4], "data_'
+                b'offsets": [0, 8]}}' + b" " * 50 + b"\0" * 8)
+    with pytest.raises(SafetensorError, match="bad.safetensors"):
+        chainio_torch.load_file("bad.safetensors", peers=peers(seeder), token=TOKEN)
+
+
+def test_cache_dir_then_relay_then_local_fallback(root, seeder, tmp_path):
+    cache = str(tmp_path / "cache")
+    report = []
+    chainio_torch.load_checkpoint("ck", peers=peers(seeder), token=TOKEN, cache_dir=cache,
+                                  report=report)
+    for f in os.listdir(os.path.join(root[0], "ck")):
+        with open(os.path.join(root[0], "ck", f), "rb") as a, open(os.path.join(cache, "ck", f), "rb") as b:
+            assert a.read() == b.read(), f
+    assert not [f for f in os.listdir(os.path.join(cache, "ck")) if ".part" in f]
+    # Second start: from the cache, without a request to the seeder.
+    before = seeder.stats()["requests"]
+    report = []
+    assert_same(chainio_torch.load_checkpoint("ck", peers=peers(seeder), token=TOKEN,
+                                              cache_dir=cache, report=report), root[1])
+    assert report and all(r["from_cache"] for r in report)
+    assert seeder.stats()["requests"] == before
+    # The cache relays: a fetcher given both seeders gets bytes from both.
+    with chainio_torch.Seeder(cache, TOKEN, ip="127.0.0.1", transport="tcp") as relay:
+        report = []
+        got = chainio_torch.load_checkpoint("ck", peers=peers(seeder, relay), token=TOKEN,
+                                            report=report)
+        assert_same(got, root[1])
+        by_source = {}
+        for r in report:
+            for src in r["sources"]:
+                by_source[src["name"]] = by_source.get(src["name"], 0) + src["bytes"]
+        assert all(v > 0 for v in by_source.values()) and len(by_source) == 2, by_source
+        assert relay.stats()["bytes_served"] > 0
+    # Every seeder gone: the local copy (local_root) is the last resort; without one, an error.
+    seeder.stop()
+    report = []
+    got = chainio_torch.load_checkpoint("ck", peers=peers(seeder), token=TOKEN, timeout_ms=500,
+                                        local_root=cache, report=report)
+    assert_same(got, root[1])
+    assert [s["transport"] for r in report for s in r["sources"]] == ["local"] * 3
+    with pytest.raises(ConnectionRefusedError, match="127.0.0.1"):
+        chainio_torch.load_file("one.safetensors", peers=peers(seeder), token=TOKEN, timeout_ms=500)
+
+
+def test_seed_and_load_commands(root, tmp_path):
+    env = dict(os.environ, CHAINIO_TOKEN=TOKEN)
+    seed = subprocess.Popen([sys.executable, "-m", "chainio_torch", "seed", root[0], "--ip",
+                             "127.0.0.1", "--port", "0", "--transport", "tcp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = seed.stdout.readline()
+        assert line.startswith("chainio seed: serving"), line + seed.stderr.read()
+        port = int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])
+        out = subprocess.run([sys.executable, "-m", "chainio_torch", "load", "ck", "--peer",
+                              f"127.0.0.1:{port}", "--transport", "tcp", "--cache-dir",
+                              str(tmp_path / "c")], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "12 tensors from 3 file(s)" in out.stdout, out.stdout
+        assert f"127.0.0.1:{port} (tcp)" in out.stdout, out.stdout
+        bad = subprocess.run([sys.executable, "-m", "chainio_torch", "load", "../x", "--peer",
+                              f"127.0.0.1:{port}"], capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert bad.returncode == 2 and "leaves the seeders' root" in bad.stderr, bad.stderr
+    finally:
+        seed.send_signal(signal.SIGTERM)
+        rest, err = seed.communicate(timeout=20)
+    assert seed.returncode == 0, err
+    assert "chainio seed: stopped" in rest and '"bytes_served"' in rest, rest
