@@ -184,6 +184,7 @@ py::dict net_stats_dict(const chainio::net::NetStats& s) {
     d["bytes_sent"] = s.bytes_sent;
     d["bytes_received"] = s.bytes_received;
     d["frames_sent"] = s.frames_sent;
+    d["frames_zero_copy"] = s.frames_zero_copy;
     d["frames_received"] = s.frames_received;
     d["acks_sent"] = s.acks_sent;
     d["acks_received"] = s.acks_received;
@@ -220,6 +221,7 @@ py::dict seeder_stats_dict(const chainio::peer::SeederStats& s) {
     d["requests"] = s.requests;
     d["requests_failed"] = s.requests_failed;
     d["bytes_served"] = s.bytes_served;
+    d["bytes_zero_copy"] = s.bytes_zero_copy;
     d["xdp_sessions"] = s.xdp_sessions;
     return d;
 }

@@ -41,6 +41,9 @@ struct NetOptions {
     bool busy_poll = false;      ///< spin on the rings instead of sleeping in io_uring_enter
     uint32_t timeout_ms = 5000;  ///< a peer silent this long fails the transfer (-ETIMEDOUT)
     size_t umem_bytes = 16u << 20;  ///< AF_XDP UMEM (half receive, half send), 4 KiB frames
+    /// AF_XDP: UMEM added for the caller to fill and send from without a copy (see
+    /// Session::send_arena()). 0: none.
+    size_t send_arena_bytes = 0;
     /// Shared secret. connect() presents it in the hello; a Listener with a non-empty `auth`
     /// refuses (-EACCES on both sides) a hello that does not carry the same string. It travels
     /// in clear on the control connection: it keeps strangers out, it is not encryption.
@@ -53,6 +56,8 @@ struct NetStats {
                                     ///< (AF_XDP) the manifest, 8 + 16 bytes per object
     uint64_t bytes_received = 0;    ///< object payload bytes accepted (duplicates excluded)
     uint64_t frames_sent = 0;       ///< data frames (AF_XDP) or data messages (TCP) sent
+    uint64_t frames_zero_copy = 0;  ///< AF_XDP frames whose payload was sent from the send
+                                    ///< arena without a copy (retransmissions included)
     uint64_t frames_received = 0;   ///< data frames/messages accepted
     uint64_t acks_sent = 0;
     uint64_t acks_received = 0;
@@ -96,6 +101,14 @@ public:
     /// object when the manifest arrives and returns where object i goes (nullptr: refuse, the
     /// transfer fails with -ENOMEM on both sides). Returns after every digest matched.
     virtual Status recv(const std::function<void*(size_t index, size_t size)>& place) = 0;
+
+    /// Memory that send() transmits without copying it: on AF_XDP with multi-buffer frames, the
+    /// UMEM part NetOptions::send_arena_bytes reserved (4 KiB-aligned, so O_DIRECT reads can
+    /// land in it); frames then carry their payload as descriptors pointing into it. Empty when
+    /// the transport has none (TCP sends from any memory without a user-space copy; AF_XDP
+    /// without SG must copy each payload next to its headers). Valid for the session's life;
+    /// the caller must not change bytes of an object while send() runs.
+    virtual std::span<std::byte> send_arena() { return {}; }
 
     virtual TransportKind kind() const = 0;
     /// Why the session is not on AF_XDP ("" when it is).

@@ -8,7 +8,9 @@
 // Protocol (on top of net::Session, whose objects are digest-checked end to end): the fetcher
 // sends one JSON request object; the seeder answers with one JSON reply object and, for reads,
 // with the requested bytes in chunks of at most `chunk_bytes`, one send() per chunk. The seeder
-// reads chunk k+1 from storage (Engine, O_DIRECT into its pool) while chunk k is on the wire.
+// reads chunk k+1 from storage (Engine, O_DIRECT) while chunk k is on the wire; on AF_XDP with
+// multi-buffer frames the reads land in the session's UMEM (Session::send_arena()) and the
+// frames' payload descriptors point at them, so no user-space copy happens on the seeder.
 //
 //   {"op":"stat","path":P}                      -> {"ok":true,"size":N,"mtime_ns":T}
 //   {"op":"list","path":D}                      -> {"ok":true,"files":[[name,size],...]}
@@ -43,8 +45,9 @@ struct SeederOptions {
     /// timeout. A fetcher silent this long while a transfer runs is dropped.
     net::NetOptions net;
     /// Fetchers served at once; more wait in the listen backlog until one leaves. With the
-    /// chunk size this bounds the seeder's memory: 2 chunks per session, plus each AF_XDP
-    /// session's UMEM (net.umem_bytes).
+    /// chunk size this bounds the seeder's memory: 2 chunks per session (on AF_XDP with
+    /// multi-buffer frames they are the session's send arena, UMEM), plus each AF_XDP
+    /// session's UMEM frames (net.umem_bytes).
     unsigned max_sessions = 8;
     size_t chunk_bytes = 8u << 20;  ///< read→send unit (multiple of 4096)
     /// A session whose fetcher sends no request for this long is closed (the fetcher
@@ -59,6 +62,8 @@ struct SeederStats {
     uint64_t requests = 0;
     uint64_t requests_failed = 0;  ///< answered with an error (bad path, stale file, ...)
     uint64_t bytes_served = 0;     ///< file bytes sent and verified by the fetcher
+    uint64_t bytes_zero_copy = 0;  ///< ... of which read into UMEM and sent from there (AF_XDP
+                                   ///< with multi-buffer frames) with no user-space copy
     uint64_t xdp_sessions = 0;     ///< sessions that ran on AF_XDP (the others on TCP)
 };
 

@@ -90,7 +90,7 @@ Side prepare_xdp(int fd, const NetOptions& o, TransportKind kind) {
                    " leaves no room for frames";
         return side;
     }
-    auto port = XdpPort::open(side.itf, o.queue, lport, o.umem_bytes, sg);
+    auto port = XdpPort::open(side.itf, o.queue, lport, o.umem_bytes, sg, o.send_arena_bytes);
     if (!port) {
         side.why = "AF_XDP unavailable: " + port.status().to_string();
         return side;

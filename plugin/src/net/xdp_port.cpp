@@ -37,7 +37,8 @@ int no_print(enum libbpf_print_level, const char*, va_list) { return 0; }
 }  // namespace
 
 Result<std::unique_ptr<XdpPort>> XdpPort::open(const LocalInterface& itf, uint32_t queue,
-                                               uint16_t udp_port, size_t umem_bytes, bool sg) {
+                                               uint16_t udp_port, size_t umem_bytes, bool sg,
+                                               size_t arena_bytes) {
     std::unique_ptr<XdpPort> p(new XdpPort());
     p->sg_ = sg;
     p->ifindex_ = itf.ifindex;
@@ -57,12 +58,19 @@ Result<std::unique_ptr<XdpPort>> XdpPort::open(const LocalInterface& itf, uint32
     p->rx_frames_ = half;
     p->tx_frames_ = half;
     BufferPoolOptions po;
-    po.bytes = size_t(2) * half * kFrameBytes;
+    const size_t frames_bytes = size_t(2) * half * kFrameBytes;
+    arena_bytes = (arena_bytes + kFrameBytes - 1) / kFrameBytes * kFrameBytes;
+    po.bytes = frames_bytes + arena_bytes;
     po.chunk_bytes = kFrameBytes;
     auto pool = BufferPool::create(po);
     if (!pool) return pool.status();
     p->pool_ = std::move(pool.value());
     p->area_ = p->pool_->base();
+    if (arena_bytes) {
+        p->arena_ = p->pool_->base() + frames_bytes;
+        p->arena_bytes_ = arena_bytes;
+        p->arena_offset_ = frames_bytes;
+    }
     CHAINIO_RETURN_IF_ERROR(p->bind_socket(itf, queue));
     return p;
 }

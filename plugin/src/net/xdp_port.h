@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -31,7 +32,7 @@ public:
     /// the socket, zero-copy when the driver allows, else copy mode. Errors name the step.
     static Result<std::unique_ptr<XdpPort>> open(const LocalInterface& itf, uint32_t queue,
                                                  uint16_t udp_port, size_t umem_bytes,
-                                                 bool sg);
+                                                 bool sg, size_t arena_bytes = 0);
     ~XdpPort();
     XdpPort(const XdpPort&) = delete;
     XdpPort& operator=(const XdpPort&) = delete;
@@ -42,6 +43,15 @@ public:
     /// Bound with XDP_USE_SG: frames may span several chunks (XDP_PKT_CONTD descriptors).
     bool sg() const { return sg_; }
     uint8_t* frame(uint64_t addr) { return static_cast<uint8_t*>(xsk_umem__get_data(area_, addr)); }
+    /// UMEM after the receive and send frames, for payloads the caller places itself.
+    std::span<std::byte> arena() const { return {arena_, arena_bytes_}; }
+    /// Whether a UMEM address lies in the arena (its completions are not send frames).
+    bool in_arena(uint64_t addr) const { return arena_bytes_ && addr >= arena_offset_; }
+    /// The UMEM address of p, which must lie in the UMEM.
+    uint64_t addr_of(const void* p) const {
+        return static_cast<uint64_t>(static_cast<const std::byte*>(p) -
+                                     static_cast<const std::byte*>(area_));
+    }
     uint32_t rx_frames() const { return rx_frames_; }
     uint32_t tx_frames() const { return tx_frames_; }
     /// Sum over CPUs of the program's counter `index` (enum chainio_xdp_counter).
@@ -61,6 +71,9 @@ private:
 
     std::unique_ptr<BufferPool> pool_;
     void* area_ = nullptr;
+    std::byte* arena_ = nullptr;
+    size_t arena_bytes_ = 0;
+    uint64_t arena_offset_ = 0;
     xsk_umem* umem_ = nullptr;
     xsk_socket* xsk_ = nullptr;
     xdp_steer_bpf* skel_ = nullptr;

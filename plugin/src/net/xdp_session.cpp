@@ -80,6 +80,9 @@ public:
     }
 
     TransportKind kind() const override { return TransportKind::kXdp; }
+    std::span<std::byte> send_arena() override {
+        return port_->sg() ? port_->arena() : std::span<std::byte>();
+    }
     std::string describe() const override {
         return port_->describe() + ", " + std::to_string(payload_) + " B payload per frame";
     }
@@ -103,6 +106,14 @@ private:
     // ---- frames
     bool put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uint32_t seq,
                    const uint8_t* payload, uint32_t len, uint32_t window);
+    // A frame whose payload stays where it is in the arena: one send chunk for the headers,
+    // then descriptors pointing at the payload (split at chunk boundaries).
+    bool put_borrowed(const wire::FrameHeader& h, const uint8_t* payload, uint32_t len);
+    bool in_arena(const uint8_t* p, uint32_t len) const {
+        const auto a = port_->arena();
+        const auto* lo = reinterpret_cast<const uint8_t*>(a.data());
+        return !a.empty() && port_->sg() && p >= lo && p + len <= lo + a.size();
+    }
     void reap_completions();
     void kick();
     void process_rx(bool* progress);
@@ -115,7 +126,7 @@ private:
     // ---- sender
     Stream& tx_stream(uint16_t id) { return id == kManifestStream ? tx_manifest_ : tx_streams_[id]; }
     const uint8_t* tx_source(uint16_t id, uint32_t seq, uint32_t* len);
-    void send_chunk(uint16_t id, uint32_t seq, bool again);
+    bool send_chunk(uint16_t id, uint32_t seq, bool again);  // false: no room in the TX ring
     void fill_window(bool* progress);
     void on_ack(const wire::FrameHeader& h, const uint8_t* body);
     void rtt_sample(int64_t ns);
@@ -187,13 +198,6 @@ private:
 
 bool XdpSession::put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uint32_t seq,
                            const uint8_t* payload, uint32_t len, uint32_t window) {
-    const size_t bytes = wire::kFrameOverhead + len;
-    const uint32_t segs = static_cast<uint32_t>((bytes + XdpPort::kFrameBytes - 1) / XdpPort::kFrameBytes);
-    if (port_->free_tx.size() < segs) return false;
-    uint32_t idx = 0;
-    if (xsk_ring_prod__reserve(&port_->tx, segs, &idx) != segs) {
-            return false;
-    }
     wire::FrameHeader h{};
     h.magic = wire::kMagic;
     h.version = wire::kVersion;
@@ -205,6 +209,13 @@ bool XdpSession::put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uin
     h.len = len;
     h.window = window;
     h.check = wire::frame_check(h, payload, len);
+    if (len && in_arena(payload, len)) return put_borrowed(h, payload, len);
+    const size_t bytes = wire::kFrameOverhead + len;
+    const uint32_t segs =
+        static_cast<uint32_t>((bytes + XdpPort::kFrameBytes - 1) / XdpPort::kFrameBytes);
+    if (port_->free_tx.size() < segs) return false;
+    uint32_t idx = 0;
+    if (xsk_ring_prod__reserve(&port_->tx, segs, &idx) != segs) return false;
     size_t done = 0;  // payload bytes placed
     for (uint32_t i = 0; i < segs; ++i) {
         const uint64_t addr = port_->free_tx.back();
@@ -230,11 +241,47 @@ bool XdpSession::put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uin
     return true;
 }
 
+bool XdpSession::put_borrowed(const wire::FrameHeader& h, const uint8_t* payload, uint32_t len) {
+    constexpr uint32_t kMaxDescs = 8;  // header + payload pieces (4 for 8928 B in 4 KiB chunks)
+    uint64_t addr[kMaxDescs];
+    uint32_t n[kMaxDescs];
+    uint32_t segs = 1;
+    for (uint64_t a = port_->addr_of(payload), left = len; left;) {
+        if (segs == kMaxDescs) return false;
+        const uint64_t room = XdpPort::kFrameBytes - a % XdpPort::kFrameBytes;
+        addr[segs] = a;
+        n[segs] = static_cast<uint32_t>(std::min<uint64_t>(room, left));
+        a += n[segs];
+        left -= n[segs];
+        ++segs;
+    }
+    if (port_->free_tx.empty()) return false;
+    uint32_t idx = 0;
+    if (xsk_ring_prod__reserve(&port_->tx, segs, &idx) != segs) return false;
+    addr[0] = port_->free_tx.back();
+    port_->free_tx.pop_back();
+    n[0] = static_cast<uint32_t>(wire::kFrameOverhead);
+    uint8_t* f = port_->frame(addr[0]);
+    wire::build_l2l4(f, self_, peer_, sizeof(h) + len, ip_id_++);
+    std::memcpy(f + wire::kL2L4Bytes, &h, sizeof(h));
+    for (uint32_t i = 0; i < segs; ++i) {
+        xdp_desc* d = xsk_ring_prod__tx_desc(&port_->tx, idx + i);
+        d->addr = addr[i];
+        d->len = n[i];
+        d->options = i + 1 < segs ? kPktContd : 0;
+    }
+    xsk_ring_prod__submit(&port_->tx, segs);
+    ++stats_.frames_zero_copy;
+    return true;
+}
+
 void XdpSession::reap_completions() {
     uint32_t idx = 0;
     const uint32_t n = xsk_ring_cons__peek(&port_->comp, port_->tx_frames(), &idx);
-    for (uint32_t i = 0; i < n; ++i)
-        port_->free_tx.push_back(*xsk_ring_cons__comp_addr(&port_->comp, idx + i));
+    for (uint32_t i = 0; i < n; ++i) {
+        const uint64_t addr = *xsk_ring_cons__comp_addr(&port_->comp, idx + i);
+        if (!port_->in_arena(addr)) port_->free_tx.push_back(addr);  // arena bytes: the caller's
+    }
     if (n) xsk_ring_cons__release(&port_->comp, n);
 }
 
@@ -422,13 +469,13 @@ const uint8_t* XdpSession::tx_source(uint16_t id, uint32_t seq, uint32_t* len) {
     return s.data + off;
 }
 
-void XdpSession::send_chunk(uint16_t id, uint32_t seq, bool again) {
+bool XdpSession::send_chunk(uint16_t id, uint32_t seq, bool again) {
     uint32_t len = 0;
     const uint8_t* p = tx_source(id, seq, &len);
     // Manifest frames carry the manifest's total size (the receiver learns it from any of them).
     const uint32_t window = id == kManifestStream ? static_cast<uint32_t>(tx_manifest_.size) : 0;
     if (!put_frame(static_cast<uint8_t>(wire::Frame::kData), id, tx_transfer_, seq, p, len, window))
-        return;
+        return false;
     Stream& s = tx_stream(id);
     s.sent_ns[seq] = now_ns();
     if (again) {
@@ -440,6 +487,7 @@ void XdpSession::send_chunk(uint16_t id, uint32_t seq, bool again) {
     fifo_.emplace_back(id, seq);
     ++stats_.frames_sent;
     stats_.bytes_sent += len;
+    return true;
 }
 
 void XdpSession::fill_window(bool* progress) {
@@ -455,9 +503,12 @@ void XdpSession::fill_window(bool* progress) {
         }
         if (s.sent_ns[seq] + rto_ > now) break;
         fifo_.pop_front();
+        if (!send_chunk(id, seq, true)) {
+            fifo_.emplace_front(id, seq);  // the TX ring is full: again after completions
+            break;
+        }
         if (!expired) ++stats_.timeouts_fired;
         expired = true;
-        send_chunk(id, seq, true);
         *progress = true;
     }
     // New chunks, the manifest first, then the objects round robin.
@@ -478,7 +529,8 @@ void XdpSession::fill_window(bool* progress) {
             if (++run_ % kRunFrames == 0) rr_ = (rr_ + 1) % tx_streams_.size();
         }
         Stream& s = tx_stream(id);
-        send_chunk(id, s.next_new++, false);
+        if (!send_chunk(id, s.next_new, false)) break;  // TX ring full: after completions
+        ++s.next_new;
         *progress = true;
     }
 }

@@ -83,7 +83,7 @@ struct Seeder::State {
     std::thread acceptor;
 
     std::atomic<uint64_t> sessions{0}, active{0}, refused{0}, requests{0}, requests_failed{0},
-        bytes_served{0}, xdp_sessions{0};
+        bytes_served{0}, bytes_zero_copy{0}, xdp_sessions{0};
 
     ~State() {
         if (root_fd >= 0) ::close(root_fd);
@@ -127,7 +127,10 @@ Result<std::unique_ptr<Seeder>> Seeder::start(const SeederOptions& options) {
     if (!engine) return engine.status();
     st->engine = std::move(engine.value());
 
-    auto l = net::Listener::create(o.ip, o.port, o.net);
+    // AF_XDP sessions get two chunks of UMEM: reads land there and frames point at them.
+    net::NetOptions listen = o.net;
+    listen.send_arena_bytes = 2 * o.chunk_bytes;
+    auto l = net::Listener::create(o.ip, o.port, listen);
     if (!l) return l.status();
     st->listener = std::move(l.value());
     st->port = st->listener->port();
@@ -150,6 +153,7 @@ SeederStats Seeder::stats() const {
     r.requests = s.requests;
     r.requests_failed = s.requests_failed;
     r.bytes_served = s.bytes_served;
+    r.bytes_zero_copy = s.bytes_zero_copy;
     r.xdp_sessions = s.xdp_sessions;
     return r;
 }
@@ -333,8 +337,15 @@ Status Seeder::State::handle(net::Session& s, unsigned slot, const std::vector<u
 
 Status Seeder::State::stream(net::Session& s, unsigned slot, int fd, const proto::Ranges& ranges,
                              uint64_t chunk) {
-    (void)chunk;
+    // On AF_XDP with multi-buffer frames the chunks are UMEM (the session's send arena): the
+    // O_DIRECT read is the only time the bytes are written before they reach the wire.
     std::byte* buf[2] = {pool->chunk(2 * size_t(slot)), pool->chunk(2 * size_t(slot) + 1)};
+    bool zero_copy = false;
+    if (auto arena = s.send_arena(); arena.size() >= 2 * chunk) {
+        buf[0] = arena.data();
+        buf[1] = arena.data() + chunk;
+        zero_copy = true;
+    }
     auto submit = [&](size_t k) -> Result<ReadHandle> {
         ReadExtent e;
         e.fd = fd;
@@ -356,6 +367,7 @@ Status Seeder::State::stream(net::Session& s, unsigned slot, int fd, const proto
             return st;
         }
         bytes_served += ranges[k].second;
+        if (zero_copy) bytes_zero_copy += ranges[k].second;
     }
     return {};
 }
