@@ -208,7 +208,7 @@ TEST_P(NetSessionXdp, ObjectsArriveIntactOverAfXdp) {
         if (arena_bytes && sent.is_ok()) {
             std::byte* at = c.value()->send_arena().data() + 77;
             for (size_t i = 0; i < objs.size(); ++i) {
-                std::memcpy(at, objs[i].data(), objs[i].size());
+                if (!objs[i].empty()) std::memcpy(at, objs[i].data(), objs[i].size());
                 spans[i].data = at;
                 at += objs[i].size() + 1001;
             }
