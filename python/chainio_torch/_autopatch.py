@@ -15,6 +15,9 @@ from __future__ import annotations
 import sys
 
 _WATCHED = ("safetensors", "safetensors.torch")
+# Watched while the hook is patched, whichever way it was turned on: the hook also replaces a
+# function of this module (from_pretrained's shard lookup, to prefetch), if it is ever imported.
+_TRANSFORMERS = "transformers.modeling_utils"
 _FALSE = ("", "0", "false", "no", "off")
 
 
@@ -41,11 +44,13 @@ class _PatchAfterExec:
 
 
 class _Finder:
-    """Meta path finder that hands out the real spec of safetensors / safetensors.torch with its
-    loader wrapped; returns None for every other module."""
+    """Meta path finder that hands out the real spec of the watched modules with its loader
+    wrapped; returns None for every other module."""
+
+    watched = _WATCHED + (_TRANSFORMERS,)
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in _WATCHED:
+        if fullname not in self.watched:
             return None
         for finder in list(sys.meta_path):
             if finder is self or isinstance(finder, _Finder):
@@ -64,16 +69,29 @@ class _Finder:
         return None
 
 
+class _TransformersFinder(_Finder):
+    """Installed by patch() while transformers.modeling_utils is not loaded yet."""
+
+    watched = (_TRANSFORMERS,)
+
+
 def _patch_now() -> None:
     try:
         from . import hook
 
-        hook._patch_loaded()
-    except Exception as e:  # never break the user's import of safetensors
+        if hook.is_patched() or any(type(f) is _Finder for f in sys.meta_path):
+            hook._patch_loaded()
+    except Exception as e:  # never break the user's import
         print(f"chainio_torch: CHAINIO_AUTOPATCH could not patch safetensors "
               f"({type(e).__name__}: {e}); loading without ChainIO", file=sys.stderr)
-    if "safetensors.torch" in sys.modules:
+    if all(m in sys.modules for m in _WATCHED + (_TRANSFORMERS,)):
         uninstall()
+
+
+def watch_transformers() -> None:
+    """Patch transformers.modeling_utils when it gets imported (the hook is active)."""
+    if _TRANSFORMERS not in sys.modules and not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TransformersFinder())
 
 
 def install() -> None:

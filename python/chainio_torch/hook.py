@@ -50,6 +50,12 @@ _TARGETS: Tuple[Tuple[str, str], ...] = (
     ("safetensors.torch", "load_file"),
     ("safetensors.torch", "load"),
 )
+# Replaced when transformers is loaded (now or later), never imported for it: from_pretrained
+# calls this to find the shard files, before it builds the model; the replacement starts reading
+# the shards then, so that the reads overlap the model's construction (see _prefetch).
+_OPTIONAL_TARGETS: Tuple[Tuple[str, str], ...] = (
+    ("transformers.modeling_utils", "_get_resolved_checkpoint_files"),
+)
 # safetensors' own load_file calls the `safe_open` bound in safetensors.torch: that one stays the
 # original, so a load_file that the hook passes through runs exactly as it did before the patch.
 _KEEP_ORIGINAL = {("safetensors.torch", "safe_open")}
@@ -73,7 +79,8 @@ class _Stats:
         if e is None:
             e = self._paths[key] = {"chainio_calls": 0, "chainio_bytes": 0,
                                     "passthrough_calls": 0, "passthrough_bytes": 0,
-                                    "readahead_unused_bytes": 0, "reasons": set()}
+                                    "readahead_unused_bytes": 0, "prefetched_bytes": 0,
+                                    "reasons": set()}
         return e
 
     def served(self, key: str, calls: int = 0, nbytes: int = 0) -> None:
@@ -81,6 +88,10 @@ class _Stats:
             e = self._entry(key)
             e["chainio_calls"] += calls
             e["chainio_bytes"] += nbytes
+
+    def prefetched(self, key: str, nbytes: int) -> None:
+        with self._lock:
+            self._entry(key)["prefetched_bytes"] += nbytes
 
     def read_ahead_unused(self, key: str, nbytes: int) -> None:
         with self._lock:
@@ -120,10 +131,13 @@ def stats() -> Dict[str, Any]:
     ``{"patched": bool, "mode": str,
        "chainio": {"files", "calls", "bytes"}, "passthrough": {"files", "calls", "bytes"},
        "paths": {path: {"chainio_calls", "chainio_bytes", "passthrough_calls",
-                        "passthrough_bytes", "readahead_unused_bytes", "reasons": [...]}}}``
+                        "passthrough_bytes", "readahead_unused_bytes", "prefetched_bytes",
+                        "reasons": [...]}}}``
 
     ChainIO bytes are the tensor bytes it read and handed out; ``readahead_unused_bytes`` those
-    that ``safe_open``'s readahead read but nobody asked for before ``__exit__``. Pass-through
+    that ``safe_open``'s readahead read but nobody asked for before ``__exit__``;
+    ``prefetched_bytes`` what ``from_pretrained``'s prefetch had read (or was reading) when the
+    file was opened (see ``_prefetch``; ``CHAINIO_HOOK_PREFETCH=0`` turns it off). Pass-through
     bytes are the size of what was handed to safetensors (the file, or the ``bytes`` object):
     what safetensors then reads is up to it.
     Paths are absolute; an argument that is not a path is keyed ``<bytes>``, ``<fd 5>`` or
@@ -194,6 +208,7 @@ def unpatch() -> None:
                 if value is repl:
                     d[name] = orig
         _active = False
+    _drop_prefetched()
 
 
 def is_patched() -> bool:
@@ -232,7 +247,7 @@ def _install() -> None:
     """Record the originals of the targets whose modules are loaded, then replace them in every
     loaded module. Caller holds _lock."""
     global _active
-    for key in _TARGETS:
+    for key in _TARGETS + _OPTIONAL_TARGETS:
         mod = sys.modules.get(key[0])
         if mod is None or key in _originals:
             continue
@@ -253,6 +268,10 @@ def _install() -> None:
             if value is orig and (modname, name) not in _KEEP_ORIGINAL:
                 d[name] = repl
                 _sites.append((mod, name, value))
+    if "transformers.modeling_utils" not in sys.modules:
+        from . import _autopatch
+
+        _autopatch.watch_transformers()  # patched right after it is imported
     for modname, name in _KEEP_ORIGINAL:  # imported while patched: it must see the original
         d = _dict_of(sys.modules.get(modname))
         if d is not None and id(d.get(name)) in keep:
@@ -350,6 +369,9 @@ def _why_not(path: Optional[str], framework: str, device, backend, extra) -> Opt
     # Auto mode: a CPU load of a mostly cached file with the mmap backend stays with safetensors.
     # Mapping cached pages reads nothing; copying them into new memory cannot be faster.
     if _mode == "auto" and backend == "mmap" and dev_type == "cpu":
+        with _prefetch_lock:
+            if os.path.abspath(path) in _prefetched:
+                return None  # being read for from_pretrained already (its header is cached)
         frac = resident_fraction(path)
         if frac is not None and frac >= _HOT_FRACTION:
             return "in the page cache (safetensors maps it)"
@@ -489,6 +511,17 @@ def _served_class():
             super().__init__(path, framework="pt", device=device, readahead=_readahead_bytes())
             self._key = key
             self._closed = False
+            # The whole data region, when from_pretrained's prefetch already read it.
+            self._whole_file = None
+            pre = _take_prefetched(key)
+            if pre is not None and pre[0].stat == self._header.stat:
+                self._whole_file = pre[1:]
+                _stats.prefetched(key, self._header.data_bytes)
+            elif pre is not None and pre[2] is not None:
+                try:
+                    pre[2].wait()
+                except OSError:
+                    pass
 
         def _check_open(self):
             if self._closed:
@@ -496,6 +529,7 @@ def _served_class():
 
         def __exit__(self, *exc):
             self._closed = True
+            self._whole_file = None  # the tensors handed out keep the buffer alive
             unused = self._drain()
             if unused:
                 _stats.read_ahead_unused(self._key, unused)
@@ -531,7 +565,17 @@ def _served_class():
             return out
 
         def _read(self, entry):
-            t = super()._read(entry)
+            whole = self._whole_file
+            if whole is not None:
+                buf, handle = whole
+                if handle is not None:
+                    handle.wait()  # a read error raises here, as the read itself would
+                loader._check_unchanged(self._header)
+                t = loader.view_tensor(buf, self._header.shift, entry, self._header.path)
+                if self._device.type != "cpu":
+                    t = t.to(self._device)
+            else:
+                t = super()._read(entry)
             _stats.served(self._key, nbytes=entry.end - entry.begin)
             return t
 
@@ -541,7 +585,96 @@ def _served_class():
     return ChainIOSafeOpen
 
 
+# ------------------------------------------------------------------ prefetch for from_pretrained
+
+_prefetch_lock = threading.Lock()
+_prefetched: Dict[str, Any] = {}  # absolute path -> (FileHeader, buffer, handle)
+
+
+def _get_resolved_checkpoint_files(*args, **kwargs):
+    """transformers' shard lookup, then the prefetch of the shards it found (never an error of
+    its own: a prefetch that cannot start just does not happen)."""
+    out = _original(_OPTIONAL_TARGETS[0])(*args, **kwargs)
+    try:
+        files = out[0] if isinstance(out, tuple) else None
+        if files:
+            _prefetch(list(files))
+    except Exception:  # noqa: BLE001 - the load goes on without the prefetch
+        pass
+    return out
+
+
+def _memory_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _prefetch(files: List[str]) -> None:
+    """Starts reading the data region of every shard ChainIO would serve, each into the buffer
+    its tensors will be views of, while transformers builds the model. The served ``safe_open``
+    of a prefetched file takes the buffer over. At most half of MemAvailable is prefetched; the
+    other shards load as usual. Entries nobody takes are dropped at the next prefetch and by
+    ``unpatch()``."""
+    if not _active or not _prefetch_enabled():
+        return
+    from . import default_engine, loader
+
+    budget = _memory_available() // 2
+    engine = default_engine()
+    fresh: Dict[str, Any] = {}
+    for f in files:
+        path, key = _path_key(f)
+        if path is None or not path.endswith(".safetensors") or key in fresh:
+            continue
+        if _why_not(path, "pt", "cpu", "mmap", set()) is not None:
+            continue  # hot (safetensors maps it) or not servable
+        try:
+            h = loader.read_header(path)
+        except Exception:  # noqa: BLE001 - safe_open will report it
+            continue
+        if h.buffer_bytes > budget:
+            break
+        budget -= h.buffer_bytes
+        buf = loader.aligned_buffer(h.buffer_bytes)
+        handle = engine.submit([(h.path, h.data_offset, h.data_bytes, buf.data_ptr() + h.shift)],
+                               keepalive=buf) if h.data_bytes else None
+        fresh[key] = (h, buf, handle)
+    _drop_prefetched()
+    with _prefetch_lock:
+        _prefetched.update(fresh)
+
+
+def _prefetch_enabled() -> bool:
+    return os.environ.get("CHAINIO_HOOK_PREFETCH", "1").strip().lower() not in ("0", "false",
+                                                                                 "no", "off")
+
+
+def _take_prefetched(key: str):
+    with _prefetch_lock:
+        return _prefetched.pop(key, None)
+
+
+def _drop_prefetched() -> None:
+    with _prefetch_lock:
+        stale = list(_prefetched.values())
+        _prefetched.clear()
+    for _, _, handle in stale:
+        if handle is not None:
+            try:
+                handle.wait()  # the buffer must outlive its read
+            except OSError:
+                pass
+
+
 _REPLACEMENTS = {
+    ("transformers.modeling_utils", "_get_resolved_checkpoint_files"):
+        _get_resolved_checkpoint_files,
     ("safetensors", "safe_open"): safe_open,
     ("safetensors.torch", "load_file"): load_file,
     ("safetensors.torch", "load"): load,

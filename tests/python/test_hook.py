@@ -117,9 +117,12 @@ def test_from_pretrained_reads_every_shard_through_chainio(workdir, make, dtype)
     assert chainio_torch.stats()["chainio"]["calls"] == 0  # nothing counted while unpatched
 
     evict(files)  # cold, so the default "auto" mode serves them
+    original_lookup = tmu._get_resolved_checkpoint_files
     with chainio_torch.patched():
         assert tmu.safe_open is hook.safe_open
+        assert tmu._get_resolved_checkpoint_files is hook._get_resolved_checkpoint_files
         state, logits = load_and_run(workdir)
+    assert tmu._get_resolved_checkpoint_files is original_lookup
     s = chainio_torch.stats()
 
     assert sorted(state) == sorted(ref_state)
@@ -133,6 +136,8 @@ def test_from_pretrained_reads_every_shard_through_chainio(workdir, make, dtype)
         assert entry["chainio_bytes"] == read_header(f).data_bytes, (f, entry)
         assert entry["passthrough_calls"] == 0, (f, entry)
         assert entry["readahead_unused_bytes"] == 0, (f, entry)  # all it read ahead was used
+        # The shard lookup started every shard's read before the model was built.
+        assert entry["prefetched_bytes"] == read_header(f).data_bytes, (f, entry)
     assert s["chainio"]["files"] == len(files)
     assert s["passthrough"]["files"] == 0
     # And the parameters live in ChainIO's memory, not in a mapping of the files.
@@ -229,7 +234,8 @@ def test_what_the_hook_cannot_serve_goes_to_the_original(workdir):
     assert e["chainio_calls"] == 1
     assert s["paths"]["<bytes>"] == {"chainio_calls": 0, "chainio_bytes": 0,
                                      "passthrough_calls": 1, "passthrough_bytes": len(data),
-                                     "readahead_unused_bytes": 0, "reasons": ["bytes in memory"]}
+                                     "readahead_unused_bytes": 0, "prefetched_bytes": 0,
+                                     "reasons": ["bytes in memory"]}
     assert s["passthrough"] == {"files": 2, "calls": 5, "bytes": 4 * len(data) + len(data)}
 
 
@@ -349,6 +355,9 @@ def test_autopatch_env_patches_without_code_changes(workdir, tmp_path):
     assert on["safe_open"] == on["tmu_safe_open"] == "chainio_torch.hook"
     assert on["stats"]["chainio"]["files"] == len(files)
     assert on["stats"]["passthrough"]["files"] == 0
+    # transformers.modeling_utils was imported after the patch: its shard lookup got patched
+    # on import, so every shard was prefetched.
+    assert all(v["prefetched_bytes"] > 0 for v in on["stats"]["paths"].values()), on["stats"]
 
     for value in (None, "0", ""):
         off = run(**({} if value is None else {"CHAINIO_AUTOPATCH": value}))
