@@ -8,6 +8,9 @@ Two topologies, both with 10.77.0.1/24 in namespace A and 10.77.0.2/24 in namesp
 * direct: A[veth-a] <-> [veth-b]B                            (one veth pair)
 * relay:  A[veth-a] <-> [pa] relay.py [pb] <-> [veth-b]B      (a third namespace in between)
 
+and, for weight distribution (test_net_peer.py), Triangle: a seeder and two fetchers joined
+pairwise, each link its own /24 in 10.78.0.0/16, plus an optional relayed seeder<->fetcher wire.
+
 Network impairments need the relay topology: this kernel has no sch_netem, and an AF_XDP socket
 transmits through __dev_direct_xmit(), which bypasses the qdisc of its device, so a netem qdisc
 on veth-a or veth-b would never see ChainIO's data frames anyway. relay.py is a user-space
@@ -204,6 +207,155 @@ class Net:
         self.close()
 
 
+class Triangle:
+    """Three hosts, a seeder S and fetchers F1 and F2, each pair joined by its own veth pair
+    and /24 subnet (always call close(); it is idempotent)::
+
+        S [s-f1] 10.78.1.1 <-> 10.78.1.2 [f1-s] F1
+        S [s-f2] 10.78.2.1 <-> 10.78.2.2 [f2-s] F2
+       F1 [f1-f2] 10.78.3.1 <-> 10.78.3.2 [f2-f1] F2
+
+    With ``relayed=True`` S and F1 are also joined through a fourth namespace running relay.py
+    (started on demand by start_relay(); the path is dead until then)::
+
+        S [s-r] 10.78.4.1 <-> [pa] relay.py [pb] <-> 10.78.4.2 [f1-r] F1
+
+    so a fetcher in F1 picks the wire by the seeder address it connects to (AF_XDP binds the
+    interface holding the connection's local address). Every veth has one queue (the AF_XDP
+    socket binds queue 0, see the module doc); hosts route nothing between links.
+    """
+
+    HOSTS = ("s", "f1", "f2")
+    # (host, peer) -> (device, address); the relayed S<->F1 wire has peer "f1r" / "sr".
+    _LINKS = [(("s", "s-f1", "10.78.1.1"), ("f1", "f1-s", "10.78.1.2")),
+              (("s", "s-f2", "10.78.2.1"), ("f2", "f2-s", "10.78.2.2")),
+              (("f1", "f1-f2", "10.78.3.1"), ("f2", "f2-f1", "10.78.3.2"))]
+    _RELAYED = (("s", "s-r", "10.78.4.1"), ("f1", "f1-r", "10.78.4.2"))
+
+    def __init__(self, mtu: int = 9000, relayed: bool = False, relay_mtu: int = 1500,
+                 tag: str = ""):
+        global _counter
+        _counter += 1
+        base = f"{PREFIX}-{os.getpid()}-{_counter}{tag}"
+        self.mtu, self.relay_mtu, self.relayed = mtu, relay_mtu, relayed
+        self.names = {h: f"{base}-{h}" for h in self.HOSTS}
+        self.br = f"{base}-r" if relayed else None
+        self.namespaces = list(self.names.values()) + ([self.br] if self.br else [])
+        self.relay_peer: "Peer | None" = None
+        self.closed = False
+        self._addr: dict[tuple[str, str], tuple[str, str]] = {}
+        for (h1, d1, a1), (h2, d2, a2) in self._LINKS:
+            self._addr[(h1, h2)] = (d1, a1)
+            self._addr[(h2, h1)] = (d2, a2)
+        if relayed:
+            (h1, d1, a1), (h2, d2, a2) = self._RELAYED
+            self._addr[(h1, h2 + "r")] = (d1, a1)
+            self._addr[(h2, h1 + "r")] = (d2, a2)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def ns(self, host: str) -> str:
+        return self.names[host]
+
+    def ip(self, host: str, toward: str) -> str:
+        """`host`'s address on its link to `toward` ("f1r"/"sr": the relayed S<->F1 wire)."""
+        return self._addr[(host, toward)][1]
+
+    def dev(self, host: str, toward: str) -> str:
+        return self._addr[(host, toward)][0]
+
+    def _build(self) -> None:
+        one_q = ["numtxqueues", "1", "numrxqueues", "1"]
+        for n in self.namespaces:
+            sh(["ip", "netns", "add", n])
+            sh(["ip", "-n", n, "link", "set", "lo", "up"])
+            for conf in ("all", "default"):
+                sh(["sh", "-c", f"echo 1 > /proc/sys/net/ipv6/conf/{conf}/disable_ipv6"], ns=n,
+                   check=False)
+        ends = []
+        for (h1, d1, a1), (h2, d2, a2) in self._LINKS:
+            sh(["ip", "link", "add", d1, "netns", self.names[h1], *one_q, "type", "veth",
+                "peer", "name", d2, "netns", self.names[h2], *one_q])
+            ends += [(self.names[h1], d1, a1, self.mtu), (self.names[h2], d2, a2, self.mtu)]
+        if self.relayed:
+            (h1, d1, a1), (h2, d2, a2) = self._RELAYED
+            for h, d, a, port in ((h1, d1, a1, "pa"), (h2, d2, a2, "pb")):
+                sh(["ip", "link", "add", d, "netns", self.names[h], *one_q, "type", "veth",
+                    "peer", "name", port, "netns", self.br, *one_q])
+                sh(["ip", "-n", self.br, "link", "set", port, "mtu", str(self.relay_mtu), "up"])
+                ends.append((self.names[h], d, a, self.relay_mtu))
+        for ns, dev, addr, mtu in ends:
+            sh(["ip", "-n", ns, "link", "set", dev, "mtu", str(mtu), "up"])
+            sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+        deadline = time.monotonic() + 5
+        while True:
+            down = [(ns, dev) for ns, dev, _, _ in ends
+                    if "LOWER_UP" not in sh(["ip", "-n", ns, "-o", "link", "show", "dev",
+                                             dev]).stdout]
+            if not down:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no carrier after 5 s on {down}")
+            time.sleep(0.02)
+
+    def start_relay(self, spec: str = "", seed: int = 1) -> "Peer":
+        """Starts relay.py on the relayed S<->F1 wire (S is its side "a", so `forge-nth`
+        forges S->F1 segments); returns once it forwards."""
+        assert self.relayed, "start_relay needs Triangle(relayed=True)"
+        assert self.relay_peer is None
+        self.relay_peer = Peer(self.br, ["--a", "pa", "--b", "pb", "--spec", spec,
+                                         "--seed", str(seed)],
+                               name=f"relay[{spec}]", script=RELAY, stdin=True)
+        self.relay_peer.event("ready", 10)
+        return self.relay_peer
+
+    def stop_relay(self) -> dict:
+        """Stops the relay; returns its per-direction counters ("a->b" is S->F1)."""
+        p, self.relay_peer = self.relay_peer, None
+        if p is None:
+            return {}
+        try:
+            p.send_line("stop")
+            _, done = p.result(10)
+            return done.get("stats", {})
+        finally:
+            p.stop()
+
+    def link_details(self, host: str, toward: str) -> str:
+        return sh(["ip", "-d", "link", "show", "dev", self.dev(host, toward)],
+                  ns=self.ns(host)).stdout
+
+    def wait_xdp_detached(self, host: str, toward: str,
+                          timeout: float = 2.0) -> tuple[bool, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            details = self.link_details(host, toward)
+            if "prog/xdp" not in details:
+                return True, details
+            if time.monotonic() > deadline:
+                return False, details
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.relay_peer is not None:
+            self.relay_peer.stop()
+            self.relay_peer = None
+        for n in self.namespaces:
+            delete_ns(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class PeerError(AssertionError):
     pass
 
@@ -215,8 +367,12 @@ class Peer:
     peer took to react (to a kill of its partner, say) without trusting the peer's own clock."""
 
     def __init__(self, ns: str, argv: list[str], env: dict | None = None, name: str = "peer",
-                 script: str = PEER, stdin: bool = False, wrap: list[str] | None = None):
+                 script: str = PEER, stdin: bool = False, wrap: list[str] | None = None,
+                 text_events: bool = False):
         self.name = name
+        # text_events: a line that is not a JSON object also arrives as {"event": "text",
+        # "line": ...} (for programs that print plain text, e.g. `chainio seed`).
+        self.text_events = text_events
         # `wrap` runs the interpreter through a command, e.g. setpriv to drop capabilities.
         self.cmd = ["ip", "netns", "exec", ns, *(wrap or []), sys.executable, "-u", script, *argv]
         full_env = dict(os.environ)
@@ -241,12 +397,13 @@ class Peer:
             try:
                 obj = json.loads(line)
             except ValueError:
-                self.stdout_other.append(line)
-                continue
+                obj = None
             if isinstance(obj, dict):
                 self.events.put((t, obj))
             else:
                 self.stdout_other.append(line)
+                if self.text_events:
+                    self.events.put((t, {"event": "text", "line": line}))
         self.events.put((time.monotonic(), {"event": "__eof__"}))
 
     def _read_err(self) -> None:
