@@ -106,6 +106,14 @@ def test_refusals_are_clear(root, seeder, tmp_path):
         chainio_torch.load_file("none.safetensors", **kw)
     # A listing shows regular files only: the symlink out of the root is not offered.
     assert sorted(chainio_torch.load_checkpoint(".", **kw)) == ["x"]
+    # A Hugging Face cache snapshot: every shard a symlink into ../../blobs, inside the root.
+    snap, blobs = os.path.join(root[0], "hf", "snapshots", "abc"), os.path.join(root[0], "hf", "blobs")
+    os.makedirs(snap)
+    os.makedirs(blobs)
+    for f in os.listdir(os.path.join(root[0], "ck")):
+        os.rename(os.path.join(root[0], "ck", f), os.path.join(blobs, f))
+        os.symlink(os.path.join("..", "..", "blobs", f), os.path.join(snap, f))
+    assert_same(chainio_torch.load_checkpoint("hf/snapshots/abc", **kw), root[1])
     os.makedirs(os.path.join(root[0], "emptydir"))
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
         chainio_torch.load_checkpoint("emptydir", **kw)

@@ -139,12 +139,14 @@ public:
     /// gives the seeder's error (-ENOENT, -EXDEV for a path leaving the root, ...); when no
     /// seeder can be reached, -EHOSTUNREACH listing each seeder's failure.
     Result<FileInfo> stat(const std::string& path);
-    /// Regular files directly in directory `path` (name, size), sorted by name.
+    /// Regular files directly in directory `path` (name, size), sorted by name: what a read of
+    /// `path/name` would open, so symlinks that stay inside the root count.
     Result<std::vector<std::pair<std::string, uint64_t>>> list(const std::string& path);
     /// Reads `extents` of `path` into their destinations, striped across the live seeders,
     /// failing over as described above; what no seeder delivered is read from `local_path`
-    /// ("" = fail with -EHOSTUNREACH naming each seeder's error). A seeder whose file is not
-    /// `info.size` bytes refuses (-ESTALE) and sits this call out. Fills `report` when given.
+    /// ("" = fail: with the seeders' errno when they all refused alike, else -EHOSTUNREACH; the
+    /// message names each seeder's answer). A seeder whose file is not `info.size` bytes
+    /// refuses (-ESTALE) and sits this call out. Fills `report` when given.
     Status read(const std::string& path, const FileInfo& info,
                 const std::vector<FetchExtent>& extents, const std::string& local_path = "",
                 FetchReport* report = nullptr);

@@ -235,6 +235,7 @@ Status Fetcher::read(const std::string& path, const FileInfo& info,
     std::mutex mu;
     std::vector<uint64_t> delivered(s.peers.size(), 0);
     std::vector<std::string> refused(s.peers.size());  // file-level refusals, this call only
+    std::vector<int> refused_code(s.peers.size(), 0);
 
     auto work = [&](size_t idx) {
         State::Peer& p = s.peers[idx];
@@ -283,7 +284,10 @@ Status Fetcher::read(const std::string& path, const FileInfo& info,
             std::lock_guard<std::mutex> lock(mu);
             queue.push_front({piece.offset + got, piece.length - got, piece.dst + got});
             if (session_error) s.drop(p, st);
-            else refused[idx] = st.to_string();
+            else {
+                refused[idx] = st.to_string();
+                refused_code[idx] = st.error_number();
+            }
             return;
         }
     };
@@ -312,8 +316,11 @@ Status Fetcher::read(const std::string& path, const FileInfo& info,
             why += " [" + s.peers[i].name + ": " +
                    (s.peers[i].dead() ? s.peers[i].error : refused[i]) + "]";
         if (local_path.empty()) {
-            result = Status(EHOSTUNREACH, "'" + path + "': every seeder failed and there is no "
-                                              "local copy:" + why);
+            // Every seeder said no the same way (ENOENT, EXDEV, ESTALE...): that is the error.
+            int code = refused_code.front();
+            for (int c : refused_code) code = c == code ? code : 0;
+            result = Status(code ? code : EHOSTUNREACH,
+                            "'" + path + "': every seeder failed and there is no local copy:" + why);
         } else {
             log::write(log::Level::kWarn, "fetch: reading the rest of '" + path + "' from " +
                                               local_path + ":" + why);

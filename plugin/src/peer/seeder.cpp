@@ -207,7 +207,8 @@ void Seeder::State::accept_loop() {
         ++sessions;
         if (session->kind() == net::TransportKind::kXdp) ++xdp_sessions;
         std::lock_guard<std::mutex> lock(mu);
-        free_slots.pop_back();
+        // Not pop_back(): a session that ended during accept() may have pushed its slot since.
+        free_slots.erase(std::find(free_slots.begin(), free_slots.end(), slot));
         running.emplace_back();
         Running* me = &running.back();
         me->session = session.get();
@@ -287,9 +288,17 @@ Status Seeder::State::handle(net::Session& s, unsigned slot, const std::vector<u
         }
         std::vector<std::pair<std::string, uint64_t>> files;
         while (dirent* e = readdir(dir)) {
+            if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+                continue;
+            // What a read of this name would open: symlinks that stay inside the root count
+            // (a Hugging Face cache snapshot is all symlinks into ../../blobs), others do not.
+            auto entry = open_beneath(root_fd, path + "/" + e->d_name,
+                                      O_RDONLY | O_NONBLOCK | O_NOCTTY);
+            if (!entry) continue;
             struct stat sb;
-            if (fstatat(dirfd(dir), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode))
+            if (fstat(entry.value(), &sb) == 0 && S_ISREG(sb.st_mode))
                 files.emplace_back(e->d_name, uint64_t(sb.st_size));
+            ::close(entry.value());
         }
         closedir(dir);
         std::sort(files.begin(), files.end());
