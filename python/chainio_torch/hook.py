@@ -626,7 +626,7 @@ def _prefetch(files: List[str]) -> None:
     from . import default_engine, loader
 
     budget = _memory_available() // 2
-    engine = default_engine()
+    engine = None  # created on first use: a hot checkpoint must not pay for it
     fresh: Dict[str, Any] = {}
     for f in files:
         path, key = _path_key(f)
@@ -641,6 +641,7 @@ def _prefetch(files: List[str]) -> None:
         if h.buffer_bytes > budget:
             break
         budget -= h.buffer_bytes
+        engine = engine or default_engine()
         buf = loader.aligned_buffer(h.buffer_bytes)
         handle = engine.submit([(h.path, h.data_offset, h.data_bytes, buf.data_ptr() + h.shift)],
                                keepalive=buf) if h.data_bytes else None
