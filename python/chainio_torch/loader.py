@@ -250,15 +250,19 @@ def load_file(path: PathLike, device: Union[str, torch.device] = "cpu",
     return _load_many([read_header(path)], device, engine, progress=False)
 
 
-def _load_many(headers: Sequence[FileHeader], device, engine, progress: bool) -> Dict[str, torch.Tensor]:
-    dev = _resolve_device(device)
-    engine = _engine(engine)
+def _check_unique(headers: Sequence[FileHeader]) -> None:
     seen: Dict[str, str] = {}
     for h in headers:
         for name in h.tensors:
             if name in seen:
                 raise SafetensorError(f"tensor '{name}' is in both {seen[name]} and {h.path}")
             seen[name] = h.path
+
+
+def _load_many(headers: Sequence[FileHeader], device, engine, progress: bool) -> Dict[str, torch.Tensor]:
+    dev = _resolve_device(device)
+    engine = _engine(engine)
+    _check_unique(headers)
     out: Dict[str, torch.Tensor] = {}
     if dev.type == "cpu":
         pending = _cpu_buffers(headers, engine)
@@ -396,12 +400,7 @@ def _load_from_peers(path, device, engine, progress, peers, token, cache_dir, lo
     headers = [h for h, _ in fetched]
     if weight_map is not None:
         _check_index(index_name, weight_map, headers)
-    seen: Dict[str, str] = {}
-    for h in headers:
-        for t in h.tensors:
-            if t in seen:
-                raise SafetensorError(f"tensor '{t}' is in both {seen[t]} and {h.path}")
-            seen[t] = h.path
+    _check_unique(headers)
     out: Dict[str, torch.Tensor] = {}
     bar = None
     if progress:

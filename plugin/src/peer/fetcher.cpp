@@ -163,12 +163,16 @@ Status Fetcher::State::unreachable(const std::string& what) const {
     return Status(code ? code : EHOSTUNREACH, msg);
 }
 
-Result<Fetcher::FileInfo> Fetcher::stat(const std::string& path) {
-    State& s = *state_;
+// Asks the live seeders in turn until one answers `req` with "ok" and `take` accepts the reply.
+// A seeder's refusal of the file is kept (the first is returned if nobody says yes); a seeder
+// that fails, or whose reply `take` rejects, is dropped.
+template <class T, class Take>
+Result<T> ask_first(Fetcher::State& s, const nlohmann::json& req, const std::string& what,
+                    Take take) {
     Status first_answer;  // a seeder's own error for this file (ENOENT, EXDEV, ...)
     for (auto& p : s.peers) {
         if (p.dead()) continue;
-        auto r = s.request(p, {{"op", "stat"}, {"path", path}});
+        auto r = s.request(p, req);
         if (!r) {
             s.drop(p, r.status());
             continue;
@@ -178,38 +182,35 @@ Result<Fetcher::FileInfo> Fetcher::stat(const std::string& path) {
             if (first_answer.is_ok()) first_answer = st;
             continue;
         }
-        FileInfo info;
-        info.size = r.value().value("size", uint64_t(0));
-        info.mtime_ns = r.value().value("mtime_ns", int64_t(0));
-        return info;
+        Result<T> got = take(r.value());
+        if (got) return got;
+        s.drop(p, got.status());
     }
     if (!first_answer.is_ok()) return first_answer;
-    return s.unreachable("stat '" + path + "'");
+    return s.unreachable(what);
+}
+
+Result<Fetcher::FileInfo> Fetcher::stat(const std::string& path) {
+    return ask_first<FileInfo>(*state_, {{"op", "stat"}, {"path", path}}, "stat '" + path + "'",
+                               [](const json& j) -> Result<FileInfo> {
+                                   FileInfo info;
+                                   info.size = j.value("size", uint64_t(0));
+                                   info.mtime_ns = j.value("mtime_ns", int64_t(0));
+                                   return info;
+                               });
 }
 
 Result<std::vector<std::pair<std::string, uint64_t>>> Fetcher::list(const std::string& path) {
-    State& s = *state_;
-    Status first_answer;
-    for (auto& p : s.peers) {
-        if (p.dead()) continue;
-        auto r = s.request(p, {{"op", "list"}, {"path", path}});
-        if (!r) {
-            s.drop(p, r.status());
-            continue;
-        }
-        Status st = proto::reply_status(r.value(), "seeder " + p.name);
-        if (!st) {
-            if (first_answer.is_ok()) first_answer = st;
-            continue;
-        }
-        try {
-            return r.value().at("files").get<std::vector<std::pair<std::string, uint64_t>>>();
-        } catch (const std::exception& e) {
-            s.drop(p, Status(EPROTO, std::string("malformed list reply: ") + e.what()));
-        }
-    }
-    if (!first_answer.is_ok()) return first_answer;
-    return s.unreachable("list '" + path + "'");
+    using Files = std::vector<std::pair<std::string, uint64_t>>;
+    return ask_first<Files>(*state_, {{"op", "list"}, {"path", path}}, "list '" + path + "'",
+                            [](const json& j) -> Result<Files> {
+                                try {
+                                    return j.at("files").get<Files>();
+                                } catch (const std::exception& e) {
+                                    return Status(EPROTO, std::string("malformed list reply: ") +
+                                                              e.what());
+                                }
+                            });
 }
 
 Status Fetcher::read(const std::string& path, const FileInfo& info,
