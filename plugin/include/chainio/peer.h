@@ -123,7 +123,7 @@ struct FetchReport {
 /// time); the calls themselves use one thread per live seeder.
 class Fetcher {
 public:
-    /// `peers` are "ip:port". Connecting is lazy and per seeder: an unreachable seeder only
+    /// `peers` are "host:port" (an IPv4 address or a name resolving to one). Connecting is lazy and per seeder: an unreachable seeder only
     /// counts as failed. Errors: -EINVAL for an empty or malformed peer list.
     static Result<std::unique_ptr<Fetcher>> create(const std::vector<std::string>& peers,
                                                    const FetchOptions& options);

@@ -5,6 +5,7 @@
 // rest comes from the local file, if there is one.
 
 #include <arpa/inet.h>
+#include <netdb.h>
 
 #include <algorithm>
 #include <chrono>
@@ -92,11 +93,26 @@ Result<std::unique_ptr<Fetcher>> Fetcher::create(const std::vector<std::string>&
         if (colon == std::string::npos || colon == 0)
             return Status(EINVAL, "seeder '" + spec + "' is not ip:port");
         p.ip = spec.substr(0, colon);
-        in_addr a;
         char* end = nullptr;
         const unsigned long port = std::strtoul(spec.c_str() + colon + 1, &end, 10);
-        if (inet_pton(AF_INET, p.ip.c_str(), &a) != 1 || *end || port == 0 || port > 65535)
-            return Status(EINVAL, "seeder '" + spec + "' is not an IPv4 ip:port");
+        if (*end || port == 0 || port > 65535)
+            return Status(EINVAL, "seeder '" + spec + "' is not host:port");
+        in_addr a;
+        if (inet_pton(AF_INET, p.ip.c_str(), &a) != 1) {  // a host name: its IPv4 address
+            addrinfo hints{};
+            hints.ai_family = AF_INET;
+            hints.ai_socktype = SOCK_STREAM;
+            addrinfo* res = nullptr;
+            const int rc = getaddrinfo(p.ip.c_str(), nullptr, &hints, &res);
+            if (rc != 0 || !res)
+                return Status(EINVAL, "seeder '" + spec + "': cannot resolve '" + p.ip +
+                                          "' to an IPv4 address (" + gai_strerror(rc) + ")");
+            char buf[INET_ADDRSTRLEN];
+            inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr, buf,
+                      sizeof(buf));
+            freeaddrinfo(res);
+            p.ip = buf;
+        }
         p.port = static_cast<uint16_t>(port);
         st->peers.push_back(std::move(p));
     }
