@@ -731,7 +731,9 @@ def write_markdown(payload: dict, path: str) -> None:
         f"disk {m['disk']}, {m['date']}; load average {c['loadavg_before'][0]:.2f} before, "
         f"{c['loadavg_after'][0]:.2f} after.  ",
         f"Checkpoint: `{c['dir']}`, {c['file_bytes'] / 2**30:.2f} GiB in {c['shards']} shards, "
-        f"served from `{c['root']}`; veth pair between two namespaces, MTU {c['mtu']}.  ",
+        f"served from `{c['root']}`; seeder and fetcher in two namespaces joined by a veth pair "
+        f"(the x2 runs' second fetcher in a third, with its own veth pair to the seeder), "
+        f"MTU {c['mtu']}.  ",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".", "",
         (f"**Warning:** {payload['noise_warning']}." if payload.get("noise_warning") else
          f"Machine otherwise idle: other processes used "
@@ -844,8 +846,8 @@ def main() -> int:
                              f"+{r['server_rss_growth'] / MiB:.0f} MiB"
                              if "server_cpu_s_per_gb" in r and name in CHAINS else "")
                     print(f" {r['gbps']:.2f} GB/s{extra}, other processes "
-                          f"{r.get('background_cores', 0):.2f} cores ({time.monotonic() - t0:.1f}s)",
-                          flush=True)
+                          f"{r.get('background_cores', 0):.2f} cores "
+                          f"({time.monotonic() - t0:.1f}s)", flush=True)
                 else:
                     print(f" FAILED ({time.monotonic() - t0:.1f}s): "
                           f"{json.dumps(r.get('error'))[:600]}", flush=True)
