@@ -71,6 +71,7 @@ import common  # noqa: E402
 from common import drop_caches, fio_read, machine, median  # noqa: E402
 import gen_checkpoint  # noqa: E402
 import load_worker  # noqa: E402
+from chain_peer import proc_mem  # noqa: E402
 import net_bench  # noqa: E402  (run_raw: bench/xsk_raw on the same veth pair)
 import netns  # noqa: E402
 
@@ -123,17 +124,6 @@ def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_mem(pid: int) -> dict:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "HugetlbPages", "Threads"):
-                v = value.split()
-                out[key] = int(v[0]) * (1024 if len(v) > 1 else 1) if v else 0
-    return out
 
 
 class Sampler:

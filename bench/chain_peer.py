@@ -51,9 +51,10 @@ def cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def proc_status() -> dict:
+def proc_mem(pid="self") -> dict:
+    """VmRSS, VmHWM, HugetlbPages (bytes) and Threads of a process, from /proc/PID/status."""
     out = {}
-    with open("/proc/self/status") as f:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "VmHWM", "HugetlbPages", "Threads"):
@@ -132,7 +133,7 @@ def fetch_baseline(args) -> dict:
     bufs = [np.empty(s, np.uint8) for s in sizes]  # allocated, not faulted in
     emit({"event": "ready", "pid": os.getpid()})
     sys.stdin.readline()
-    before = proc_status()
+    before = proc_mem()
     c0, t0 = cpu(), time.monotonic()
     sock = socket.create_connection((ip, int(port)), timeout=60)
     sock.settimeout(None)
@@ -146,7 +147,7 @@ def fetch_baseline(args) -> dict:
         recv_exact(sock, memoryview(buf))
     t1, c1 = time.monotonic(), cpu()
     sock.close()
-    after = proc_status()
+    after = proc_mem()
     problems = []
     for rel, buf in zip(rels, bufs):  # 64 KiB at 8 places of every file
         with open(os.path.join(args.root, rel), "rb") as f:
@@ -169,13 +170,13 @@ def fetch_chainio(args) -> dict:
     load = chainio_torch.load_checkpoint
     emit({"event": "ready", "pid": os.getpid(), "module": chainio_torch.__file__})
     sys.stdin.readline()
-    before = proc_status()
+    before = proc_mem()
     report: list = []
     c0, t0 = cpu(), time.monotonic()
     tensors = load(args.path, peers=[args.peer], token=args.token, transport=args.transport,
                    timeout_ms=args.timeout_ms, report=report)
     t1, c1 = time.monotonic(), cpu()
-    after = proc_status()
+    after = proc_mem()
     out = {"t_start": t0, "t_end": t1, "seconds": t1 - t0, "cpu_s": c1 - c0,
            "bytes": sum(r["bytes"] for r in report),
            "tensor_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),

@@ -91,7 +91,45 @@ def cleanup_stale() -> list[str]:
     return removed
 
 
-class Net:
+def wait_no_xdp(details, timeout: float) -> tuple[bool, str]:
+    """Polls `details()` (an `ip -d link show` text) until no XDP program is attached;
+    returns (detached, last text)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = details()
+        if "prog/xdp" not in text:
+            return True, text
+        if time.monotonic() > deadline:
+            return False, text
+        time.sleep(0.05)
+
+
+class _Lab:
+    """What Net and Triangle share: their namespaces (and relay) go away on close(), which is
+    idempotent, and on leaving a `with` block."""
+
+    namespaces: list
+    relay_peer: "Peer | None"
+    closed: bool
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.relay_peer is not None:
+            self.relay_peer.stop()
+            self.relay_peer = None
+        for n in self.namespaces:
+            delete_ns(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Net(_Lab):
     """Two (or three) namespaces joined by veth; always call close() (it is idempotent)."""
 
     def __init__(self, mtu: int = 1500, relay: bool = False, tag: str = ""):
@@ -181,33 +219,10 @@ class Net:
         return "prog/xdp" in self.link_details(side)
 
     def wait_xdp_detached(self, side: str, timeout: float = 2.0) -> tuple[bool, str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            details = self.link_details(side)
-            if "prog/xdp" not in details:
-                return True, details
-            if time.monotonic() > deadline:
-                return False, details
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.relay_peer is not None:
-            self.relay_peer.stop()
-            self.relay_peer = None
-        for n in self.namespaces:
-            delete_ns(n)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        return wait_no_xdp(lambda: self.link_details(side), timeout)
 
 
-class Triangle:
+class Triangle(_Lab):
     """Three hosts, a seeder S and fetchers F1 and F2, each pair joined by its own veth pair
     and /24 subnet (always call close(); it is idempotent)::
 
@@ -330,30 +345,7 @@ class Triangle:
 
     def wait_xdp_detached(self, host: str, toward: str,
                           timeout: float = 2.0) -> tuple[bool, str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            details = self.link_details(host, toward)
-            if "prog/xdp" not in details:
-                return True, details
-            if time.monotonic() > deadline:
-                return False, details
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.relay_peer is not None:
-            self.relay_peer.stop()
-            self.relay_peer = None
-        for n in self.namespaces:
-            delete_ns(n)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        return wait_no_xdp(lambda: self.link_details(host, toward), timeout)
 
 
 class PeerError(AssertionError):
