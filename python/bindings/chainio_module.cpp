@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "chainio/engine.h"
+#include "chainio/host_memory.h"
 #include "chainio/net.h"
 #include "chainio/peer.h"
 #include "chainio/safetensors.h"
@@ -256,6 +257,48 @@ PYBIND11_MODULE(_C, m) {
         .def_property_readonly("done", [](const PyReadHandle& h) { return h.handle.done(); })
         .def_property_readonly("bytes_done", [](const PyReadHandle& h) { return h.handle.bytes_done(); })
         .def_property_readonly("bytes_total", [](const PyReadHandle& h) { return h.handle.bytes_total(); });
+
+    py::class_<chainio::HostRegion>(m, "HostBuffer", py::buffer_protocol(),
+                                    "Writable anonymous memory for tensors to own: hugetlb pool "
+                                    "pages when the pool has room (and `hugetlb`), else 4 KiB pages, "
+                                    "2 MiB-aligned and THP-advised if `transparent`. Unmapped when "
+                                    "the last reference goes.")
+        .def(py::init([](size_t nbytes, bool hugetlb, bool transparent) {
+                 chainio::HostRegionOptions o;
+                 o.hugetlb = hugetlb;
+                 o.transparent = transparent;
+                 auto r = chainio::HostRegion::allocate(nbytes, o);
+                 if (!r) raise_status(r.status());
+                 return std::move(r).value();
+             }),
+             py::arg("nbytes"), py::arg("hugetlb") = true, py::arg("transparent") = false)
+        .def_buffer([](chainio::HostRegion& r) {
+            return py::buffer_info(r.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                                   {static_cast<py::ssize_t>(r.size())}, {py::ssize_t{1}},
+                                   /*readonly=*/false);
+        })
+        .def("__len__", &chainio::HostRegion::size)
+        .def_property_readonly("address", [](const chainio::HostRegion& r) {
+            return reinterpret_cast<uintptr_t>(r.data());
+        })
+        .def_property_readonly("mapped_bytes", &chainio::HostRegion::mapped_bytes)
+        .def_property_readonly("backing", [](const chainio::HostRegion& r) {
+            return std::string(chainio::to_string(r.backing()));
+        });
+
+    m.def("host_memory_stats", [] {
+        auto s = chainio::host_memory_stats();
+        py::dict d;
+        d["hugetlb_bytes"] = s.hugetlb_bytes;
+        d["hugetlb_regions"] = s.hugetlb_regions;
+        d["thp_bytes"] = s.transparent_bytes;
+        d["thp_regions"] = s.transparent_regions;
+        d["small_bytes"] = s.small_bytes;
+        d["small_regions"] = s.small_regions;
+        d["hugetlb_refused"] = s.hugetlb_refused;
+        return d;
+    }, "Process-wide counts of ChainIO's host memory regions (HostBuffers and the engines' "
+       "pools) by page backing, in bytes asked for; hugetlb_refused: the pool was short.");
 
     py::class_<Engine>(m, "Engine", "W workers, each owning one io_uring, sharing one buffer pool.")
         .def(py::init([](unsigned workers, size_t pool_bytes, size_t io_bytes, unsigned queue_depth,

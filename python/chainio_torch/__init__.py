@@ -14,7 +14,7 @@ from ._C import Engine, ReadHandle, __version__
 
 __all__ = [
     "Engine", "ReadHandle", "SafetensorError", "__version__", "default_engine", "empty_aligned",
-    "load_checkpoint", "load_file", "read_into", "safe_open", "Seeder",
+    "host_memory_stats", "load_checkpoint", "load_file", "read_into", "safe_open", "Seeder",
     "patch", "unpatch", "patched", "stats", "reset_stats",
 ]
 
@@ -24,7 +24,7 @@ _HOOK_NAMES = ("patch", "unpatch", "patched", "stats", "reset_stats")
 def __getattr__(name):
     # The loaders import torch and errors imports safetensors: load them on first use so that
     # `import chainio_torch` stays cheap (the CHAINIO_AUTOPATCH hook imports it at start-up).
-    if name in ("load_file", "load_checkpoint", "safe_open"):
+    if name in ("load_file", "load_checkpoint", "safe_open", "host_memory_stats"):
         from . import loader
 
         return getattr(loader, name)

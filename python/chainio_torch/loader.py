@@ -101,15 +101,32 @@ def _torch_shape(entry: TensorEntry, path: str) -> List[int]:
     return entry.shape[:-1] + [entry.shape[-1] // 2]
 
 
+def _use_hugetlb() -> bool:
+    return os.environ.get("CHAINIO_HUGETLB", "1") != "0"
+
+
 def aligned_buffer(nbytes: int, device: Union[str, torch.device] = "cpu",
                    pin_memory: bool = False) -> torch.Tensor:
     """An uninitialized uint8 tensor of ``nbytes`` starting on a 4 KiB boundary.
 
-    Its pages are not touched here: the read faults them in where the data lands.
+    Its pages are not touched here: the read faults them in where the data lands. Plain CPU
+    buffers are a ``_C.HostBuffer`` that the tensor owns (freed with its last view): pages of the
+    hugetlb pool when ``vm.nr_hugepages`` leaves enough free ones (``CHAINIO_HUGETLB=0`` turns
+    that off), else plain 4 KiB pages (THP advice measured no better here, see BENCHMARKS.md).
+    On a VM the pool's pages stay backed by the host once touched, so a load pays the kernel's
+    zeroing (~12 GB/s) instead of a host fault per 4 KiB page (~2 GB/s).
     """
+    if torch.device(device).type == "cpu" and not pin_memory and nbytes > 0:
+        return torch.frombuffer(_C.HostBuffer(nbytes, hugetlb=_use_hugetlb()), dtype=torch.uint8)
     raw = torch.empty(nbytes + _ALIGN, dtype=torch.uint8, device=device, pin_memory=pin_memory)
     skip = -raw.data_ptr() % _ALIGN
     return raw[skip:skip + nbytes]
+
+
+def host_memory_stats() -> Dict[str, int]:
+    """Bytes and regions of ChainIO's host memory so far (loader buffers and engine pools), by
+    page backing (hugetlb, thp, 4k), and how often the hugetlb pool was asked for and was short."""
+    return dict(_C.host_memory_stats())
 
 
 def view_tensor(buf: torch.Tensor, base: int, entry: TensorEntry, path: str) -> torch.Tensor:
@@ -151,8 +168,6 @@ def _cpu_buffers(headers: Sequence[FileHeader], engine) -> List[Tuple[torch.Tens
     out = []
     for h in headers:
         buf = aligned_buffer(h.buffer_bytes)
-        # The buffer is fresh: O_DIRECT faults it in as it pins the pages. populate=True (fault it
-        # in ahead of copies) measured inconclusive in this VM, so it is not used by default.
         handle = engine.submit([(h.path, h.data_offset, h.data_bytes, buf.data_ptr() + h.shift)],
                                keepalive=buf) if h.data_bytes else None
         out.append((buf, handle))

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "chainio/host_memory.h"
 #include "chainio/status.h"
 
 namespace chainio {
@@ -25,29 +26,26 @@ class BufferPool {
 public:
     /// Maps the region. Errors: -EINVAL for a bad size, -ENOMEM when mmap fails.
     static Result<std::unique_ptr<BufferPool>> create(const BufferPoolOptions& options);
-    ~BufferPool();
     BufferPool(const BufferPool&) = delete;
     BufferPool& operator=(const BufferPool&) = delete;
 
-    std::byte* base() const { return base_; }
-    size_t size() const { return size_; }
+    std::byte* base() const { return region_->data(); }
+    size_t size() const { return region_->size(); }
     size_t chunk_bytes() const { return chunk_bytes_; }
-    size_t chunk_count() const { return size_ / chunk_bytes_; }
+    size_t chunk_count() const { return size() / chunk_bytes_; }
     /// Start of chunk `index` (< chunk_count()).
-    std::byte* chunk(size_t index) const { return base_ + index * chunk_bytes_; }
+    std::byte* chunk(size_t index) const { return base() + index * chunk_bytes_; }
     /// True when backed by reserved hugetlb pages (else THP-advised 4 KiB pages).
-    bool hugetlb() const { return hugetlb_; }
+    bool hugetlb() const { return region_->backing() == PageBacking::HugeTlb; }
     /// The region [first_chunk, first_chunk + count) as iovecs of at most 1 GiB each, the
     /// largest unit io_uring_register_buffers accepts.
     std::vector<iovec> iovecs(size_t first_chunk, size_t count) const;
 
 private:
-    BufferPool(std::byte* base, size_t size, size_t chunk_bytes, bool hugetlb)
-        : base_(base), size_(size), chunk_bytes_(chunk_bytes), hugetlb_(hugetlb) {}
-    std::byte* base_;
-    size_t size_;
+    BufferPool(std::unique_ptr<HostRegion> region, size_t chunk_bytes)
+        : region_(std::move(region)), chunk_bytes_(chunk_bytes) {}
+    std::unique_ptr<HostRegion> region_;
     size_t chunk_bytes_;
-    bool hugetlb_;
 };
 
 }  // namespace chainio

@@ -1,0 +1,125 @@
+#include "chainio/host_memory.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <string>
+
+namespace chainio {
+namespace {
+
+constexpr size_t kHuge = 2u << 20;
+
+// A field of /proc/meminfo ("HugePages_Free", ...), or -1.
+long meminfo(const std::string& key) {
+    std::ifstream in("/proc/meminfo");
+    std::string k;
+    long v;
+    std::string rest;
+    while (in >> k >> v) {
+        std::getline(in, rest);
+        if (k == key + ":") return v;
+    }
+    return -1;
+}
+
+// Adds `pages` 2 MiB pages to the hugetlb pool for the test's lifetime (root only).
+class PoolReservation {
+public:
+    explicit PoolReservation(long pages) {
+        std::ifstream in(kSysctl);
+        if (!(in >> old_)) return;
+        std::ofstream out(kSysctl);
+        if (!(out << old_ + pages) || !out.flush()) return;
+        out.close();
+        ok_ = meminfo("HugePages_Total") >= old_ + pages;
+    }
+    ~PoolReservation() {
+        if (old_ >= 0) std::ofstream(kSysctl) << old_;
+    }
+    bool ok() const { return ok_; }
+
+private:
+    static constexpr const char* kSysctl = "/proc/sys/vm/nr_hugepages";
+    long old_ = -1;
+    bool ok_ = false;
+};
+
+TEST(HostRegion, SmallRegionsArePlainPagesAndWritable) {
+    auto r = HostRegion::allocate(5000);
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    auto& region = *r.value();
+    EXPECT_EQ(region.backing(), PageBacking::Small) << "below one huge page neither pool nor THP";
+    EXPECT_EQ(region.size(), 5000u);
+    EXPECT_EQ(region.mapped_bytes(), 8192u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(region.data()) % 4096, 0u);
+    std::memset(region.data(), 0xab, region.size());
+    EXPECT_EQ(static_cast<unsigned char>(region.data()[4999]), 0xab);
+}
+
+TEST(HostRegion, WithoutThePoolLargeRegionsAreHugePageAlignedForThp) {
+    HostRegionOptions o;
+    o.hugetlb = false;
+    auto r = HostRegion::allocate(3 * kHuge + 5, o);
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    EXPECT_EQ(r.value()->backing(), PageBacking::Transparent);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(r.value()->data()) % kHuge, 0u);
+    std::memset(r.value()->data(), 1, r.value()->size());
+
+    o.transparent = false;
+    auto plain = HostRegion::allocate(3 * kHuge, o);
+    ASSERT_TRUE(plain.is_ok());
+    EXPECT_EQ(plain.value()->backing(), PageBacking::Small);
+}
+
+TEST(HostRegion, TakesPoolPagesWhenThePoolHasRoomAndGivesThemBack) {
+    PoolReservation pool(40);
+    if (!pool.ok()) GTEST_SKIP() << "cannot grow vm.nr_hugepages here (needs root and free memory)";
+    const auto before = host_memory_stats();
+    const long rsvd0 = meminfo("HugePages_Rsvd");
+    {
+        auto r = HostRegion::allocate(32 * kHuge + 1);  // 33 pages with the tail
+        ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+        auto& region = *r.value();
+        ASSERT_EQ(region.backing(), PageBacking::HugeTlb);
+        EXPECT_EQ(region.mapped_bytes(), 33 * kHuge);
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(region.data()) % kHuge, 0u);
+        EXPECT_EQ(meminfo("HugePages_Rsvd"), rsvd0 + 33) << "reserved at mmap: no SIGBUS on touch";
+        EXPECT_EQ(region.data()[region.size() - 1], std::byte{0}) << "fresh pool pages are zeroed";
+        for (size_t off = 0; off < region.size(); off += 4096) region.data()[off] = std::byte{7};
+        EXPECT_EQ(region.data()[32 * kHuge], std::byte{7});
+        const auto after = host_memory_stats();
+        EXPECT_EQ(after.hugetlb_regions, before.hugetlb_regions + 1);
+        EXPECT_EQ(after.hugetlb_bytes, before.hugetlb_bytes + 32 * kHuge + 1);
+    }
+    EXPECT_EQ(meminfo("HugePages_Rsvd"), rsvd0) << "unmapping returns the pages to the pool";
+}
+
+TEST(HostRegion, AShortPoolFallsBackToPlainPagesAndIsCounted) {
+    const long free_pages = meminfo("HugePages_Free");
+    ASSERT_GE(free_pages, 0);
+    const auto before = host_memory_stats();
+    // One page more than the pool has free: the mapping cannot be reserved, so no hugetlb.
+    auto r = HostRegion::allocate((static_cast<size_t>(free_pages) + 1) * kHuge);
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    EXPECT_NE(r.value()->backing(), PageBacking::HugeTlb);
+    EXPECT_EQ(host_memory_stats().hugetlb_refused, before.hugetlb_refused + 1);
+    r.value()->data()[0] = std::byte{1};
+}
+
+TEST(HostRegion, RegionsBelowTheThresholdNeverUseThePool) {
+    PoolReservation pool(4);
+    if (!pool.ok()) GTEST_SKIP() << "cannot grow vm.nr_hugepages here";
+    auto r = HostRegion::allocate(4 * kHuge);  // below the 32 MiB default threshold
+    ASSERT_TRUE(r.is_ok());
+    EXPECT_NE(r.value()->backing(), PageBacking::HugeTlb);
+}
+
+TEST(HostRegion, ZeroBytesIsRefused) {
+    EXPECT_EQ(HostRegion::allocate(0).status().code(), -EINVAL);
+}
+
+}  // namespace
+}  // namespace chainio

@@ -1,0 +1,126 @@
+"""Loader buffers from the hugetlb pool: used when it has room, bit-exact, owned by the tensors,
+given back when the last view goes, and a short or disabled pool falls back to plain pages."""
+
+import gc
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+st = pytest.importorskip("safetensors.torch")
+
+import chainio_torch  # noqa: E402
+from chainio_torch import _C  # noqa: E402
+from chainio_torch.loader import same_bytes  # noqa: E402
+
+SYSCTL = "/proc/sys/vm/nr_hugepages"
+HUGE = 2 << 20
+
+
+def meminfo(key: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+@pytest.fixture
+def pool():
+    """Factory: grows the hugetlb pool by `pages` for the test, restored afterwards."""
+    with open(SYSCTL) as f:
+        old = int(f.read())
+    grown = []
+
+    def grow(pages: int) -> None:
+        try:
+            with open(SYSCTL, "w") as f:
+                f.write(str(old + pages))
+        except OSError as e:
+            pytest.skip(f"cannot grow vm.nr_hugepages: {e}")
+        if meminfo("HugePages_Total") < old + pages:
+            pytest.skip("not enough contiguous free memory for the huge pages")
+        grown.append(pages)
+
+    yield grow
+    gc.collect()
+    with open(SYSCTL, "w") as f:
+        f.write(str(old))
+
+
+@pytest.fixture
+def checkpoint(tmp_path_factory):
+    d = os.path.join(os.environ.get("CHAINIO_TEST_DIR", "/var/tmp"), f"chainio-hugetlb-{os.getpid()}")
+    os.makedirs(d, exist_ok=True)
+    gen = torch.Generator().manual_seed(5)
+    tensors = {
+        "embed": torch.randint(0, 256, (40 << 20,), dtype=torch.uint8, generator=gen).view(torch.bfloat16)
+                 .reshape(-1, 4096),
+        "norm": torch.randn(4096, generator=gen),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 3),
+    }
+    path = os.path.join(d, "model.safetensors")
+    st.save_file(tensors, path)
+    yield path, tensors
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_loads_into_pool_pages_bit_exact_and_gives_them_back(pool, checkpoint):
+    path, tensors = checkpoint
+    pool(32)  # 64 MiB > the 40 MiB data region
+    chainio_torch.default_engine()  # its own pool is a region too: count only the load's
+    before = chainio_torch.host_memory_stats()
+    free0 = meminfo("HugePages_Free")
+    out = chainio_torch.load_file(path)
+    after = chainio_torch.host_memory_stats()
+    assert after["hugetlb_regions"] == before["hugetlb_regions"] + 1
+    assert after["hugetlb_bytes"] - before["hugetlb_bytes"] >= 40 << 20
+    assert meminfo("HugePages_Free") <= free0 - 20, "the data region sits in pool pages"
+    for name, t in tensors.items():
+        assert same_bytes(out[name], t), name
+    assert same_bytes(out["embed"], st.load_file(path)["embed"])
+
+    keep = out["norm"].clone()
+    view = out["norm"][:10]  # a view alone keeps the whole buffer
+    del out
+    gc.collect()
+    assert meminfo("HugePages_Free") < free0, "a live view keeps the pages"
+    assert torch.equal(view, keep[:10])
+    del view
+    gc.collect()
+    assert meminfo("HugePages_Free") == free0, "the last view gives the pages back to the pool"
+
+
+def test_without_room_or_when_disabled_plain_pages_load_the_same(pool, checkpoint, monkeypatch):
+    path, tensors = checkpoint
+    chainio_torch.default_engine()
+    free = meminfo("HugePages_Free")
+    # A pool that cannot hold the 40 MiB region: the load falls back and says so in the stats.
+    before = chainio_torch.host_memory_stats()
+    if free * HUGE < 40 << 20:
+        out = chainio_torch.load_file(path)
+        after = chainio_torch.host_memory_stats()
+        assert after["hugetlb_refused"] == before["hugetlb_refused"] + 1
+        assert after["hugetlb_regions"] == before["hugetlb_regions"]
+        assert all(same_bytes(out[k], t) for k, t in tensors.items())
+    pool(32)
+    monkeypatch.setenv("CHAINIO_HUGETLB", "0")
+    before = chainio_torch.host_memory_stats()
+    out = chainio_torch.load_file(path)
+    after = chainio_torch.host_memory_stats()
+    assert after["hugetlb_regions"] == before["hugetlb_regions"], "CHAINIO_HUGETLB=0 is obeyed"
+    assert after["small_regions"] >= before["small_regions"] + 1
+    assert all(same_bytes(out[k], t) for k, t in tensors.items())
+
+
+def test_host_buffer_is_writable_aligned_and_refuses_zero():
+    buf = _C.HostBuffer(5000)
+    assert len(buf) == 5000 and buf.address % 4096 == 0 and buf.backing == "4k"
+    t = torch.frombuffer(buf, dtype=torch.uint8)
+    t.fill_(9)
+    assert memoryview(buf)[4999] == 9
+    with pytest.raises(ValueError):
+        _C.HostBuffer(0)
