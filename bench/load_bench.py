@@ -5,7 +5,8 @@ and its peers; table + JSON + PNG + Markdown.
     python3 bench/load_bench.py [--size-gib 4] [--shards 4] [--runs 3]      # as root
 
 Loaders (--loaders picks a subset, comma separated):
-  chainio            chainio_torch.load_checkpoint(dir)
+  chainio            chainio_torch.load_checkpoint(dir): buffers from the hugetlb pool
+  chainio-nopool     the same with CHAINIO_HUGETLB=0: plain 4 KiB pages
   chainio-file       chainio_torch.load_file(shard) for every shard
   safetensors        safetensors.torch.load_file(shard) (default "mmap" backend) for every shard
   safetensors-pread  safetensors.torch.load_file(shard, backend="pread") for every shard
@@ -19,6 +20,11 @@ reference. A second reference, "memfault", first-touches as much fresh anonymous
 checkpoint holds (one byte per page, one torch thread per core) and reads nothing: the cost
 every loader whose tensors own their memory pays in some form (in this VM it is of the order
 of the whole cold load; loaders that fault pages while the disk works can hide part of it).
+
+The hugetlb pool (--hugetlb-pool, default auto): ChainIO's loaders take their buffers from it when
+it has room. auto grows vm.nr_hugepages by the checkpoint's size (+128 MiB) for the whole run,
+touches every pool page once (as on a server whose pool was reserved at boot and has been used),
+and restores the old value at the end; peers cannot use it. "chainio-nopool" is ChainIO without it.
 
 Every load runs in a fresh child process (bench/load_worker.py): destination memory is fresh,
 as when a server starts, and peak RSS is the child's own VmHWM. The clock runs from just before
@@ -51,14 +57,17 @@ import gen_checkpoint  # noqa: E402
 import load_worker  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
-LOADERS = ["chainio", "chainio-file", "safetensors", "safetensors-pread", "safe_open", "runai",
+LOADERS = ["chainio", "chainio-nopool", "chainio-file", "safetensors", "safetensors-pread",
+           "safe_open", "runai",
            "fastsafetensors"]
-OURS = ("chainio", "chainio-file")
+OURS = ("chainio", "chainio-nopool", "chainio-file")
+TARGETED = ("chainio", "chainio-nopool")  # ours with targets: with the pool and without
 FIOS = ("fio", "fio-huge")
 # References that are not loaders: the device (fio) and the cost of fresh memory (memfault).
 REFS = FIOS + ("memfault",)
 LABELS = {
     "chainio": "ChainIO load_checkpoint",
+    "chainio-nopool": "ChainIO load_checkpoint, no pool",
     "chainio-file": "ChainIO load_file/shard",
     "safetensors": "safetensors load_file (mmap)",
     "safetensors-pread": "safetensors load_file (pread)",
@@ -182,6 +191,9 @@ def summarize(results: list[dict], order: list[str]) -> list[dict]:
                     digest_ok=all(r.get("digest_ok") for r in ok),
                     background_cores=median([r.get("background_cores") for r in ok]),
                 )
+                if all("host_memory" in r for r in ok):
+                    row["buffers_in_pool"] = all(
+                        r["host_memory"]["hugetlb_bytes"] >= r["bytes"] for r in ok)
             rows.append(row)
     return rows
 
@@ -191,10 +203,17 @@ def targets(rows: list[dict]) -> list[dict]:
         r = next((r for r in rows if r["loader"] == loader and r["cache"] == cache), None)
         return r if r and r.get("runs") else None
 
-    ours_name = next((n for n in OURS if get(n, "cold") or get(n, "hot")), None)
-    if ours_name is None:
+    names = [n for n in TARGETED if get(n, "cold") or get(n, "hot")]
+    if not names:
         return [{"target": "ChainIO results present", "met": False, "ratio": None,
                  "note": "no ChainIO loader produced a result (skipped or failed)"}]
+    out = []
+    for name in names:
+        out += _targets_of(name, rows, get)
+    return out
+
+
+def _targets_of(ours_name: str, rows: list[dict], get) -> list[dict]:
     label = LABELS[ours_name]
     out = []
 
@@ -269,6 +288,9 @@ def fmt_table(rows: list[dict], markdown: bool) -> str:
             notes.append(f"{r['status'].upper()}: " + " | ".join(r.get("errors", [])))
         if r.get("mmap_backed"):
             notes.append(f"mmap-backed, pages touched ({r['materialize_s']:.2f} s)")
+        if "buffers_in_pool" in r:
+            notes.append("buffers in hugetlb pool pages" if r["buffers_in_pool"]
+                         else "buffers in 4 KiB pages")
         if r.get("hugetlb_mib"):
             notes.append(f"{r['hugetlb_mib']:.0f} MiB hugetlb counted")
         if r.get("threads") and r["threads"] > 3:
@@ -287,7 +309,7 @@ def fmt_table(rows: list[dict], markdown: bool) -> str:
         if markdown:
             lines.append("| " + " | ".join(cells + [note.replace("|", "/")]) + " |")
         else:
-            lines.append(f"{cells[0]:<31}{cells[1]:<6}{cells[2]:>5}{cells[3]:>8}{cells[4]:>14}"
+            lines.append(f"{cells[0]:<34}{cells[1]:<6}{cells[2]:>5}{cells[3]:>8}{cells[4]:>14}"
                          f"{cells[5]:>10}{cells[6]:>10}{cells[7]:>10}  {note}")
     return "\n".join(lines)
 
@@ -375,6 +397,11 @@ def write_markdown(payload: dict, path: str) -> None:
         f"Runs interleaved, order rotated each round, {c['settle_s']} s settle before each; "
         f"medians of {c['runs']}. "
         "RSS - ckpt = peak RSS - RSS before the load call - checkpoint bytes.", "",
+        *([f"Hugetlb pool for the run: +{c['hugetlb_pool']['granted']} pages of 2 MiB "
+           f"({c['hugetlb_pool']['bytes'] / 2**30:.2f} GiB), every page touched once before the "
+           f"first run ({c['hugetlb_pool']['warm_seconds']:.1f} s); ChainIO's loaders take their "
+           f"buffers from it, the peers cannot; \"no pool\" is ChainIO with CHAINIO_HUGETLB=0.",
+           ""] if c.get("hugetlb_pool") else []),
         *([f"**Warning:** {payload['noise_warning']}.", ""] if payload.get("noise_warning")
           else [f"Machine otherwise idle: other processes used "
                 f"{payload.get('background_cores_median') or 0:.2f} cores during the median run.",
@@ -394,6 +421,18 @@ def write_outputs(payload: dict, out: str) -> None:
 # ---------------------------------------------------------------- main
 
 def main() -> int:
+    args, pool_bytes = parse_args()
+    if args is None:
+        return 0
+    if args.hugetlb_pool == "off" or not pool_bytes:
+        return run(args, None)
+    with common.HugetlbPool(pool_bytes) as pool:
+        print(f"hugetlb pool: +{pool.granted} pages of 2 MiB for this run "
+              f"(asked {pool.pages}), touched once in {pool.warm_s:.1f} s")
+        return run(args, pool)
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gib", type=float, default=4, help="checkpoint size (tensor bytes)")
@@ -404,12 +443,15 @@ def main() -> int:
     ap.add_argument("--loaders", default=",".join(LOADERS),
                     help=f"comma separated subset of {','.join(LOADERS)}")
     ap.add_argument("--no-fio", action="store_true", help="skip the fio and memfault reference runs")
+    ap.add_argument("--hugetlb-pool", choices=("auto", "off"), default="auto",
+                    help="auto: grow vm.nr_hugepages by the checkpoint's size for the run (ChainIO "
+                         "takes its buffers from it), restored at the end; off: leave it as it is")
     common.add_run_args(ap, ROOT)
     args = ap.parse_args()
 
     if args.plot_only:
         common.replot(args.out, "load_bench", write_markdown, plot)
-        return 0
+        return None, 0
     loaders = [x.strip() for x in args.loaders.split(",") if x.strip()]
     unknown = [x for x in loaders if x not in LOADERS]
     if unknown:
@@ -421,9 +463,15 @@ def main() -> int:
         ap.error("--runs must be >= 1")
     if os.geteuid() != 0:
         ap.error("cold runs drop the page cache (and fio-huge reserves huge pages): run as root")
-
     directory = args.dir or gen_checkpoint.default_dir(args.size_gib, args.shards)
     stamp = gen_checkpoint.generate(directory, args.size_gib, args.shards)
+    args.directory, args.stamp, args.loaders_list, args.caches = directory, stamp, loaders, caches
+    pool = sum(os.path.getsize(p) for p in load_worker.shard_files(directory)) + (128 << 20)
+    return args, pool if any(n in TARGETED for n in loaders) else 0
+
+
+def run(args, pool) -> int:
+    directory, stamp, loaders, caches = args.directory, args.stamp, args.loaders_list, args.caches
     paths = load_worker.shard_files(directory)
     reference = load_worker.digest_from_files(paths)
     info = machine()
@@ -452,6 +500,7 @@ def main() -> int:
                    "loaders": loaders, "caches": caches, "settle_s": args.settle_s,
                    "timeout_s": args.timeout_s, "environment": env,
                    "reference_digest": reference,
+                   "hugetlb_pool": pool.describe() if pool else None,
                    "destination": "fresh: every run is a new process",
                    "fio": "io_uring, O_DIRECT, QD32, 1 MiB, shards one after the other, cold; "
                           "default buffers and --iomem=mmaphuge"},

@@ -159,7 +159,9 @@ class Skip(Exception):
 
 def prepare(loader: str, directory: str, paths: list[str]):
     """Imports and setup outside the clock; returns a zero-argument function that loads."""
-    if loader == "chainio":
+    if loader in ("chainio", "chainio-nopool"):
+        if loader == "chainio-nopool":
+            os.environ["CHAINIO_HUGETLB"] = "0"  # plain 4 KiB pages even when the pool has room
         import chainio_torch
 
         fn = getattr(chainio_torch, "load_checkpoint", None)
@@ -341,6 +343,8 @@ def main() -> int:
             rss_after=after.get("VmRSS"), rss_file_after=after.get("RssFile"),
             hugetlb_after=after.get("HugetlbPages", 0), threads_after=after.get("Threads"),
         )
+        if loader.startswith("chainio"):
+            result["host_memory"] = sys.modules["chainio_torch"].host_memory_stats()
         problems, digest = check(tensors, paths)
         result.update(digest=digest, problems=problems)
         if problems:
