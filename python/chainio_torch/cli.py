@@ -24,7 +24,14 @@ def _doctor(_args) -> int:
           "(root)" if os.geteuid() == 0 else "")
     try:
         with open("/proc/sys/vm/nr_hugepages") as f:
-            print(f"vm.nr_hugepages = {f.read().strip()}")
+            total = int(f.read())
+        free = _meminfo("HugePages_Free")
+        if total:
+            print(f"vm.nr_hugepages = {total} ({free} free): loads of up to {free * 2} MiB take "
+                  f"their buffers from the hugetlb pool")
+        else:
+            print("vm.nr_hugepages = 0: no hugetlb pool, loads fault in fresh 4 KiB pages "
+                  "(`sysctl vm.nr_hugepages=N` reserves N x 2 MiB; see docs/TROUBLESHOOTING.md)")
     except OSError:
         pass
     info = Engine().info()
@@ -63,12 +70,34 @@ def _peer_transfers() -> str:
             "interface of the connection (else TCP, with the reason in fallback_reason)")
 
 
+def _meminfo(key: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _memory_line(before: dict, after: dict) -> str:
+    d = {k: after[k] - before[k] for k in after}
+    parts = []
+    if d["hugetlb_regions"]:
+        parts.append(f"{d['hugetlb_bytes'] / 1e9:.3f} GB in hugetlb pool pages")
+    small = d["small_bytes"] + d["thp_bytes"]
+    if small:
+        parts.append(f"{small / 1e9:.3f} GB in 4 KiB pages")
+    if d["hugetlb_refused"]:
+        parts.append(f"the hugetlb pool had no room for {d['hugetlb_refused']} buffer(s) "
+                     f"(vm.nr_hugepages)")
+    return "memory: " + ("; ".join(parts) if parts else "no new buffers")
+
+
 def _load(args) -> int:
     import time
 
     import torch
 
-    from . import default_engine
+    from . import _C, default_engine
     from .loader import checkpoint_files, load_checkpoint, same_bytes
 
     if args.peer:
@@ -76,6 +105,7 @@ def _load(args) -> int:
     files = checkpoint_files(args.path)
     engine = default_engine()
     before = engine.stats()
+    mem_before = _C.host_memory_stats()
     t0 = time.perf_counter()
     tensors = load_checkpoint(args.path, device=args.device, progress=args.progress)
     if args.device.startswith("cuda"):
@@ -88,6 +118,8 @@ def _load(args) -> int:
           f"{after['direct_ops'] - before['direct_ops']} O_DIRECT, "
           f"{after['buffered_ops'] - before['buffered_ops']} buffered, "
           f"{after['bounce_ops'] - before['bounce_ops']} bounced reads)")
+    if args.device == "cpu":
+        print(_memory_line(mem_before, _C.host_memory_stats()))
     if args.list:
         for name, t in tensors.items():
             print(f"  {name}: {str(t.dtype).replace('torch.', '')} {list(t.shape)}")
