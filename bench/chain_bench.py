@@ -30,6 +30,11 @@ parent directory. Measured in one run, interleaved, the order rotated each round
                 its own veth pair to B (see SecondLink: two fetchers behind one interface
                 cannot both run AF_XDP); aggregate GB/s and the seeder's peak RSS, 1 vs 2
 
+The hugetlb pool (--hugetlb-pool, default auto): grown for the whole run by what two fetchers
+receive plus 1 GiB (UMEMs, engine pools), touched once, restored at the end. Fetchers (ChainIO's
+and the baseline client alike) receive into buffers from it, as load_bench's ChainIO does; with
+"off" they receive into fresh 4 KiB pages, which caps every fetcher near the memfault rate.
+
 Every run starts fresh server and fetcher processes; when they are ready (imports done) the
 driver syncs and drops the page cache, waits --settle-s, then starts the clock. GB/s: bytes
 delivered (file data) / (last fetcher end - first fetcher start), each fetcher timing its own
@@ -725,6 +730,11 @@ def write_markdown(payload: dict, path: str) -> None:
         f"(the x2 runs' second fetcher in a third, with its own veth pair to the seeder), "
         f"MTU {c['mtu']}.  ",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".", "",
+        *([f"Hugetlb pool for the run: +{c['hugetlb_pool']['granted']} pages of 2 MiB "
+           f"({c['hugetlb_pool']['bytes'] / 2**30:.2f} GiB), touched once before the first run; "
+           f"every fetcher (ChainIO's and the baseline client) receives into buffers from it.", ""]
+          if c.get("hugetlb_pool") else
+          ["No hugetlb pool: fetchers receive into fresh 4 KiB pages.", ""]),
         (f"**Warning:** {payload['noise_warning']}." if payload.get("noise_warning") else
          f"Machine otherwise idle: other processes used "
          f"{payload.get('background_cores_median') or 0:.2f} cores during the median run."), "",
@@ -779,6 +789,8 @@ def main() -> int:
     ap.add_argument("--strace-timeout-ms", type=int, default=30000,
                     help="session timeout of the strace runs (strace slows everything)")
     ap.add_argument("--raw-seconds", type=int, default=3, help="xsk_raw duration")
+    ap.add_argument("--hugetlb-pool", choices=("auto", "off"), default="auto",
+                    help="auto: grow vm.nr_hugepages for the fetchers' buffers for the run")
     common.add_run_args(ap, ROOT)
     ap.set_defaults(settle_s=2.0, cache="cold")
     args = ap.parse_args()
@@ -809,6 +821,15 @@ def main() -> int:
     payload = {"benchmark": "chain_bench", "machine": info,
                "versions": common.versions(PACKAGES, ROOT)}
     steps = [(v, 1) for v in wanted] + [(v, 2) for v in multi]
+    pool = None
+    if args.hugetlb_pool == "auto":
+        import atexit
+
+        pool = common.HugetlbPool(ckpt["file_bytes"] * (2 if multi else 1) + (1 << 30))
+        pool.__enter__()
+        atexit.register(pool.__exit__, None, None, None)  # restored however main() ends
+        print(f"hugetlb pool: +{pool.granted} pages of 2 MiB for this run (asked {pool.pages}), "
+              f"touched once in {pool.warm_s:.1f} s")
     netns.cleanup_stale()
     results: list[dict] = []
     t_start = time.monotonic()
@@ -864,6 +885,7 @@ def main() -> int:
                 "strace_bytes": sckpt["file_bytes"] if sckpt else 0,
                 "mtu": args.mtu, "runs": args.runs, "settle_s": args.settle_s,
                 "variants": wanted, "multi": multi, "seeder_pool_bytes": POOL_BYTES,
+                "hugetlb_pool": pool.describe() if pool else None,
                 "seeder": f"python3 -m chainio_torch seed ROOT (defaults: max_sessions "
                           f"{MAX_SESSIONS}, chunk_bytes {CHUNK_BYTES})",
                 "loadavg_before": load_before, "loadavg_after": load_after,

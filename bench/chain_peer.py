@@ -15,8 +15,8 @@ fetch: imports everything first (torch too: `import chainio_torch` is lazy), pri
 then times:
   chainio   chainio_torch.load_checkpoint(REL, peers=[PEER], token=T, transport=..., report=r)
   baseline  for each file: request it, recv_into() a buffer allocated for it before the clock
-            (np.empty: fresh memory, faulted in while receiving, as load_checkpoint's own
-            buffers are), until the last byte arrived
+            (chainio_torch.loader.aligned_buffer, as load_checkpoint's own buffers: fresh
+            memory, from the hugetlb pool when it has room), until the last byte arrived
 and prints {"event": "done", ...} with the monotonic start and end (so that the driver can
 combine several fetchers), bytes, the process CPU time (getrusage user + sys, every thread) of
 the timed section, peak RSS, the load report, and a check of the data (after the clock):
@@ -125,12 +125,13 @@ def recv_exact(sock, view) -> None:
 
 
 def fetch_baseline(args) -> dict:
-    import numpy as np
-
     ip, port = args.peer.rsplit(":", 1)
     rels = [f for f in args.files.split(",") if f]
     sizes = [os.path.getsize(os.path.join(args.root, r)) for r in rels]  # same filesystem
-    bufs = [np.empty(s, np.uint8) for s in sizes]  # allocated, not faulted in
+    from chainio_torch.loader import aligned_buffer
+
+    # The same memory load_checkpoint receives into (pool pages when there is room), untouched.
+    bufs = [aligned_buffer(s).numpy() for s in sizes]
     emit({"event": "ready", "pid": os.getpid()})
     sys.stdin.readline()
     before = proc_mem()
