@@ -78,34 +78,20 @@ def _meminfo(key: str) -> int:
     return 0
 
 
-def _memory_line(before: dict, after: dict) -> str:
-    d = {k: after[k] - before[k] for k in after}
-    parts = []
-    if d["hugetlb_regions"]:
-        parts.append(f"{d['hugetlb_bytes'] / 1e9:.3f} GB in hugetlb pool pages")
-    small = d["small_bytes"] + d["thp_bytes"]
-    if small:
-        parts.append(f"{small / 1e9:.3f} GB in 4 KiB pages")
-    if d["hugetlb_refused"]:
-        parts.append(f"the hugetlb pool had no room for {d['hugetlb_refused']} buffer(s) "
-                     f"(vm.nr_hugepages)")
-    return "memory: " + ("; ".join(parts) if parts else "no new buffers")
-
-
 def _load(args) -> int:
     import time
 
     import torch
 
-    from . import _C, default_engine
-    from .loader import checkpoint_files, load_checkpoint, same_bytes
+    from . import default_engine
+    from .loader import checkpoint_files, host_memory_stats, load_checkpoint, memory_summary, same_bytes
 
     if args.peer:
         return _fetch(args)
     files = checkpoint_files(args.path)
     engine = default_engine()
     before = engine.stats()
-    mem_before = _C.host_memory_stats()
+    mem_before = host_memory_stats()
     t0 = time.perf_counter()
     tensors = load_checkpoint(args.path, device=args.device, progress=args.progress)
     if args.device.startswith("cuda"):
@@ -119,7 +105,7 @@ def _load(args) -> int:
           f"{after['buffered_ops'] - before['buffered_ops']} buffered, "
           f"{after['bounce_ops'] - before['bounce_ops']} bounced reads)")
     if args.device == "cpu":
-        print(_memory_line(mem_before, _C.host_memory_stats()))
+        print(memory_summary(mem_before, host_memory_stats()))
     if args.list:
         for name, t in tensors.items():
             print(f"  {name}: {str(t.dtype).replace('torch.', '')} {list(t.shape)}")

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     from safetensors.torch import load_file as st_load_file
 
     from . import Engine, empty_aligned, load_checkpoint
-    from .loader import checkpoint_files, same_bytes
+    from .loader import checkpoint_files, host_memory_stats, memory_summary, same_bytes
     from .synth import generate
 
     ckpt = os.path.join(args.dir, f"llama-{args.size_mib}MiB-{args.shards}shards")
@@ -105,6 +105,8 @@ def main(argv=None) -> int:
           f"{'registered' if info['registered_buffers'] else 'unregistered'} buffers")
     for note in info["notes"]:
         print(f"  note: {note}")
+
+    mem_before = host_memory_stats()
 
     def chainio_load():
         return load_checkpoint(ckpt, engine=engine)
@@ -159,6 +161,8 @@ def main(argv=None) -> int:
     s = engine.stats()
     print(f"engine stats: {s['ops']} reads ({s['direct_ops']} O_DIRECT, {s['buffered_ops']} buffered, "
           f"{s['bounce_ops']} bounced) in {s['enter_calls']} io_uring_enter calls")
+    where = memory_summary(mem_before, host_memory_stats()).removeprefix("memory: ")
+    print(f"ChainIO load_checkpoint buffers, all runs: {where}")
     return 0 if same and raw_same else 1
 
 

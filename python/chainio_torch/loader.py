@@ -129,6 +129,21 @@ def host_memory_stats() -> Dict[str, int]:
     return dict(_C.host_memory_stats())
 
 
+def memory_summary(before: Dict[str, int], after: Dict[str, int]) -> str:
+    """One line on where the buffers allocated between two host_memory_stats() went."""
+    d = {k: after[k] - before[k] for k in after}
+    parts = []
+    if d["hugetlb_regions"]:
+        parts.append(f"{d['hugetlb_bytes'] / 1e9:.3f} GB in hugetlb pool pages")
+    small = d["small_bytes"] + d["thp_bytes"]
+    if small:
+        parts.append(f"{small / 1e9:.3f} GB in 4 KiB pages")
+    if d["hugetlb_refused"]:
+        parts.append(f"the hugetlb pool had no room for {d['hugetlb_refused']} buffer(s) "
+                     f"(vm.nr_hugepages)")
+    return "memory: " + ("; ".join(parts) if parts else "no new buffers")
+
+
 def view_tensor(buf: torch.Tensor, base: int, entry: TensorEntry, path: str) -> torch.Tensor:
     """The tensor ``entry`` as a view of ``buf`` (whose byte ``base`` is data offset 0); a copy
     when its offset is not a multiple of the element size (never a misaligned view)."""

@@ -79,6 +79,8 @@ def test_loads_into_pool_pages_bit_exact_and_gives_them_back(pool, checkpoint):
     assert after["hugetlb_regions"] == before["hugetlb_regions"] + 1
     assert after["hugetlb_bytes"] - before["hugetlb_bytes"] >= 40 << 20
     assert meminfo("HugePages_Free") <= free0 - 20, "the data region sits in pool pages"
+    line = chainio_torch.loader.memory_summary(before, after)
+    assert line.startswith("memory: 0.042 GB in hugetlb pool pages"), line
     for name, t in tensors.items():
         assert same_bytes(out[name], t), name
     assert same_bytes(out["embed"], st.load_file(path)["embed"])

@@ -319,6 +319,7 @@ def test_cli_load_compare(workdir):
     assert "2 tensors from 1 file(s)" in out.stdout
     assert "tensors identical: yes" in out.stdout
     assert "b: bfloat16 [3, 3]" in out.stdout
+    assert "memory: 0.000 GB in 4 KiB pages" in out.stdout, "a tiny file never takes pool pages"
     bad = os.path.join(workdir, "bad.safetensors")
     _write_raw(bad, b"[]")
     out = subprocess.run([sys.executable, "-m", "chainio_torch", "load", bad], capture_output=True,
