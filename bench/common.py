@@ -107,7 +107,9 @@ class HugetlbPool:
             f.write(str(self.old + self.pages))
         with open(self.sysctl) as f:
             self.granted = int(f.read()) - self.old
-        free = meminfo_pages("HugePages_Free")
+        from chainio_torch.loader import hugetlb_free_pages
+
+        free = hugetlb_free_pages()
         t0 = time.perf_counter()
         if free:
             m = mmap.mmap(-1, free * (2 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000)
@@ -124,14 +126,6 @@ class HugetlbPool:
     def describe(self) -> dict:
         return {"pages": self.pages, "granted": self.granted, "bytes": self.granted * (2 << 20),
                 "warm_seconds": round(self.warm_s, 2)}
-
-
-def meminfo_pages(key: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def fio_read(paths: list[str], huge: bool, timeout_s: int | None = None) -> dict:

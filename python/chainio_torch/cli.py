@@ -25,7 +25,9 @@ def _doctor(_args) -> int:
     try:
         with open("/proc/sys/vm/nr_hugepages") as f:
             total = int(f.read())
-        free = _meminfo("HugePages_Free")
+        from .loader import hugetlb_free_pages
+
+        free = hugetlb_free_pages()
         if total:
             print(f"vm.nr_hugepages = {total} ({free} free): loads of up to {free * 2} MiB take "
                   f"their buffers from the hugetlb pool")
@@ -68,14 +70,6 @@ def _peer_transfers() -> str:
         return f"peer transfers: TCP (AF_XDP needs {' and '.join(missing)})"
     return ("peer transfers: AF_XDP when both peers can attach ChainIO's XDP program to the "
             "interface of the connection (else TCP, with the reason in fallback_reason)")
-
-
-def _meminfo(key: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def _load(args) -> int:

@@ -129,6 +129,18 @@ def host_memory_stats() -> Dict[str, int]:
     return dict(_C.host_memory_stats())
 
 
+def hugetlb_free_pages() -> int:
+    """Free 2 MiB pages in the hugetlb pool (HugePages_Free of /proc/meminfo; 0 if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("HugePages_Free:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def memory_summary(before: Dict[str, int], after: Dict[str, int]) -> str:
     """One line on where the buffers allocated between two host_memory_stats() went."""
     d = {k: after[k] - before[k] for k in after}
