@@ -79,6 +79,7 @@ def main() -> int:
             bytes=sum(t.numel() * t.element_size() for t in params.values()),
             tensors=len(params), mmap_backed_tensors=touched, mmap_backed_bytes=touched_bytes,
             rss_before=before.get("VmRSS"), peak_rss=after.get("VmHWM"),
+            hugetlb_after=after.get("HugetlbPages", 0),
             rss_after=after.get("VmRSS"), threads_after=after.get("Threads"),
         )
         if variant != "stock":

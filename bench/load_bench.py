@@ -255,7 +255,7 @@ def _targets_of(ours_name: str, rows: list[dict], get) -> list[dict]:
         if mem:
             out.append({"target": f"{cache} {label} vs first-touching as much fresh memory "
                         f"({mem['gbps']:.2f} GB/s, {os.cpu_count()} threads, no I/O): context, "
-                        f"what owning the memory costs on this machine",
+                        f"what owning fresh 4 KiB pages costs on this machine",
                         "ratio": ours["gbps"] / mem["gbps"], "need": None, "met": None,
                         "ours": ours_name})
         add(f"{cache} {label} peak RSS <= checkpoint + 256 MiB (MiB over baseline + checkpoint)",
