@@ -618,7 +618,8 @@ def _memory_available() -> int:
 def _prefetch(files: List[str]) -> None:
     """Starts reading the data region of every shard ChainIO would serve, each into the buffer
     its tensors will be views of, while transformers builds the model. The served ``safe_open``
-    of a prefetched file takes the buffer over. At most half of MemAvailable is prefetched; the
+    of a prefetched file takes the buffer over. Buffers in hugetlb pool pages are limited by the
+    pool only; the others take at most half of MemAvailable (which does not count the pool); the
     other shards load as usual. Entries nobody takes are dropped at the next prefetch and by
     ``unpatch()``."""
     if not _active or not _prefetch_enabled():
@@ -638,11 +639,15 @@ def _prefetch(files: List[str]) -> None:
             h = loader.read_header(path)
         except Exception:  # noqa: BLE001 - safe_open will report it
             continue
-        if h.buffer_bytes > budget:
-            break
-        budget -= h.buffer_bytes
+        if h.buffer_bytes:
+            buf, backing = loader.host_tensor(h.buffer_bytes)  # mapped, not touched yet
+        else:
+            buf, backing = loader.aligned_buffer(0), "4k"
+        if backing != "hugetlb":
+            if h.buffer_bytes > budget:
+                break
+            budget -= h.buffer_bytes
         engine = engine or default_engine()
-        buf = loader.aligned_buffer(h.buffer_bytes)
         handle = engine.submit([(h.path, h.data_offset, h.data_bytes, buf.data_ptr() + h.shift)],
                                keepalive=buf) if h.data_bytes else None
         fresh[key] = (h, buf, handle)

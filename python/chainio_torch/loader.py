@@ -117,10 +117,17 @@ def aligned_buffer(nbytes: int, device: Union[str, torch.device] = "cpu",
     zeroing (~12 GB/s) instead of a host fault per 4 KiB page (~2 GB/s).
     """
     if torch.device(device).type == "cpu" and not pin_memory and nbytes > 0:
-        return torch.frombuffer(_C.HostBuffer(nbytes, hugetlb=_use_hugetlb()), dtype=torch.uint8)
+        return host_tensor(nbytes)[0]
     raw = torch.empty(nbytes + _ALIGN, dtype=torch.uint8, device=device, pin_memory=pin_memory)
     skip = -raw.data_ptr() % _ALIGN
     return raw[skip:skip + nbytes]
+
+
+def host_tensor(nbytes: int) -> Tuple[torch.Tensor, str]:
+    """A fresh uint8 CPU tensor of ``nbytes`` (> 0) owning a ``_C.HostBuffer``, and where its
+    pages come from: ``"hugetlb"`` (the pool), ``"thp"`` or ``"4k"``."""
+    hb = _C.HostBuffer(nbytes, hugetlb=_use_hugetlb())
+    return torch.frombuffer(hb, dtype=torch.uint8), hb.backing
 
 
 def host_memory_stats() -> Dict[str, int]:

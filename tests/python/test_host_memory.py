@@ -126,3 +126,34 @@ def test_host_buffer_is_writable_aligned_and_refuses_zero():
     assert memoryview(buf)[4999] == 9
     with pytest.raises(ValueError):
         _C.HostBuffer(0)
+
+
+def test_hook_prefetch_counts_pool_pages_apart_from_mem_available(pool, checkpoint, monkeypatch):
+    """MemAvailable does not include the pool: a machine whose free memory sits in the pool must
+    still prefetch shards whose buffers go there, and only those."""
+    from chainio_torch import hook
+
+    path, _ = checkpoint
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # cold, so the hook would serve it
+    finally:
+        os.close(fd)
+    chainio_torch.default_engine()
+    monkeypatch.setattr(hook, "_memory_available", lambda: 0)  # no ordinary memory to spare
+    with chainio_torch.patched():
+        monkeypatch.setenv("CHAINIO_HUGETLB", "0")
+        hook._prefetch([path])
+        assert not hook._prefetched, "a 4 KiB-page buffer over the budget is not prefetched"
+        monkeypatch.delenv("CHAINIO_HUGETLB")
+        pool(32)
+        hook._prefetch([path])
+        assert len(hook._prefetched) == 1, "a buffer in pool pages does not use MemAvailable"
+        import safetensors
+
+        with safetensors.safe_open(path, framework="pt") as f:  # served: takes the buffer over
+            embed = f.get_tensor("embed")
+        assert not hook._prefetched
+    assert chainio_torch.stats()["paths"][os.path.abspath(path)]["prefetched_bytes"] > 0
+    assert same_bytes(embed, checkpoint[1]["embed"])
