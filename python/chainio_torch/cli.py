@@ -9,8 +9,23 @@ import resource
 import sys
 
 
-def _doctor(_args) -> int:
+def _pool_pages_for(path: str) -> tuple[int, int]:
+    """(files, 2 MiB pages) that loading the checkpoint at `path` takes from a hugetlb pool:
+    every file whose buffer is large enough to use it, each rounded up to whole pages."""
+    from .loader import checkpoint_files, read_header
+
+    files = checkpoint_files(path)
+    pages = 0
+    for f in files:
+        n = read_header(f).buffer_bytes
+        if n >= 32 << 20:  # HostRegionOptions::hugetlb_min_bytes
+            pages += -(-n // (2 << 20))
+    return len(files), pages
+
+
+def _doctor(args) -> int:
     from . import Engine, __version__
+    from .loader import hugetlb_free_pages
 
     print(f"chainio-torch {__version__}, Python {platform.python_version()}, "
           f"kernel {platform.release()}")
@@ -25,8 +40,6 @@ def _doctor(_args) -> int:
     try:
         with open("/proc/sys/vm/nr_hugepages") as f:
             total = int(f.read())
-        from .loader import hugetlb_free_pages
-
         free = hugetlb_free_pages()
         if total:
             print(f"vm.nr_hugepages = {total} ({free} free): loads of up to {free * 2} MiB take "
@@ -45,6 +58,14 @@ def _doctor(_args) -> int:
     for note in info["notes"]:
         print(f"fallback: {note}")
     print(_peer_transfers())
+    if args.checkpoint:
+        nfiles, pages = _pool_pages_for(args.checkpoint)
+        need = pages + -(-info["pool_bytes"] // (2 << 20))  # plus the engine's buffer pool
+        free = hugetlb_free_pages()
+        verdict = "free now" if need <= free else f"{need - free} more than free now"
+        print(f"{args.checkpoint}: {nfiles} file(s) whose buffers take {pages} pool pages "
+              f"({pages * 2} MiB); with the engine's buffer pool one process loading it uses "
+              f"{need} pages ({verdict}): `sysctl vm.nr_hugepages={need}` on an unused pool")
     return 0
 
 
@@ -198,7 +219,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="chainio", description="ChainIO command line")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("demo", help="make a file and compare ChainIO with a read() loop", add_help=False)
-    sub.add_parser("doctor", help="show which I/O paths this machine allows and why")
+    doctor = sub.add_parser("doctor", help="show which I/O paths this machine allows and why")
+    doctor.add_argument("checkpoint", nargs="?", default=None,
+                        help="also say how many hugetlb pool pages loading this checkpoint takes")
     load = sub.add_parser("load", help="load a safetensors file, directory or index through ChainIO")
     load.add_argument("path", help="a .safetensors file, a checkpoint directory or an index.json")
     load.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")

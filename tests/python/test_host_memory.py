@@ -157,3 +157,26 @@ def test_hook_prefetch_counts_pool_pages_apart_from_mem_available(pool, checkpoi
         assert not hook._prefetched
     assert chainio_torch.stats()["paths"][os.path.abspath(path)]["prefetched_bytes"] > 0
     assert same_bytes(embed, checkpoint[1]["embed"])
+
+
+def test_doctor_pool_advice_is_enough_for_a_fresh_process(pool, checkpoint):
+    import re
+    import subprocess
+    import sys
+
+    path, _ = checkpoint
+    out = subprocess.run([sys.executable, "-m", "chainio_torch", "doctor", path],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    m = re.search(r"take (\d+) pool pages .* uses (\d+) pages", out.stdout)
+    assert m, out.stdout
+    pages, need = int(m.group(1)), int(m.group(2))
+    assert pages == 21  # 40 MiB + 16 KiB of tensors + the shift, in 2 MiB pages
+    if meminfo("HugePages_Free") >= need:
+        pytest.skip("the pool already has room: the advice cannot be told apart from it")
+    pool(need - meminfo("HugePages_Free"))
+    out = subprocess.run([sys.executable, "-m", "chainio_torch", "load", path],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "memory: 0.042 GB in hugetlb pool pages" in out.stdout, out.stdout
+    assert "no room" not in out.stdout, out.stdout
