@@ -180,3 +180,66 @@ def test_doctor_pool_advice_is_enough_for_a_fresh_process(pool, checkpoint):
     assert out.returncode == 0, out.stderr
     assert "memory: 0.042 GB in hugetlb pool pages" in out.stdout, out.stdout
     assert "no room" not in out.stdout, out.stdout
+
+
+@pytest.fixture
+def hugetlb_cgroup(tmp_path):
+    """Factory: a child cgroup of the v1 hugetlb hierarchy (mounted here when it is not) with a
+    fault-time limit on 2 MiB pages; returns its cgroup.procs path. Removed afterwards."""
+    import subprocess
+
+    mnt, mounted = None, False
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            rest = parts[parts.index("-") + 1:]
+            if rest[0] == "cgroup" and "hugetlb" in rest[2].split(","):
+                mnt = parts[4]
+    if mnt is None:
+        mnt = str(tmp_path / "hugetlb")
+        os.mkdir(mnt)
+        r = subprocess.run(["mount", "-t", "cgroup", "-o", "hugetlb", "none", mnt],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"no cgroup v1 hugetlb hierarchy here: {r.stderr.strip()}")
+        mounted = True
+    made = []
+
+    def make(limit_bytes: int) -> str:
+        d = os.path.join(mnt, f"chainio-test-{os.getpid()}-{len(made)}")
+        os.mkdir(d)
+        made.append(d)
+        with open(os.path.join(d, "hugetlb.2MB.limit_in_bytes"), "w") as f:
+            f.write(str(limit_bytes))
+        return os.path.join(d, "cgroup.procs")
+
+    yield make
+    for d in made:
+        os.rmdir(d)  # its processes have exited
+    if mounted:
+        subprocess.run(["umount", mnt], check=False)
+
+
+def test_a_cgroup_hugetlb_limit_is_respected_not_a_sigbus(pool, checkpoint, hugetlb_cgroup):
+    """The pool is machine-wide but a cgroup (a Kubernetes pod) may be allowed fewer of its
+    pages, often none: mmap succeeds and the first touch over the limit is a SIGBUS. ChainIO
+    must see the limit and use 4 KiB pages instead, and use the pool when the limit allows."""
+    import subprocess
+    import sys
+
+    path, _ = checkpoint
+    pool(128)
+    script = ("import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); "
+              "from chainio_torch.cli import main; sys.exit(main(['load', sys.argv[2]]))")
+    none = hugetlb_cgroup(0)
+    out = subprocess.run([sys.executable, "-c", script, none, path], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert "memory: 0.042 GB in 4 KiB pages" in out.stdout, out.stdout
+    assert "no room" in out.stdout, out.stdout
+    # Room for the engine's 64 MiB pool and the 42 MiB buffer: both come from the pool.
+    some = hugetlb_cgroup(110 << 20)
+    out = subprocess.run([sys.executable, "-c", script, some, path], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert "memory: 0.042 GB in hugetlb pool pages" in out.stdout, out.stdout
