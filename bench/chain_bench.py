@@ -711,25 +711,19 @@ def plot(payload: dict, png: str) -> None:
     ax.set_xlabel(f"seeder syscalls per GB (strace -c -f, "
                   f"{payload['config']['strace_bytes'] / 2**30:.2f} GiB run)")
     ax.set_title("seeder syscalls", fontsize=9)
-    fig.suptitle(title_of(payload), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, title_of(payload), png)
 
 
 def write_markdown(payload: dict, path: str) -> None:
-    m, c = payload["machine"], payload["config"]
-    v = payload.get("versions", {})
+    c = payload["config"]
     lines = [
-        "# chain_bench", "", "```", c["command"], "```", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}, "
-        f"disk {m['disk']}, {m['date']}; load average {c['loadavg_before'][0]:.2f} before, "
-        f"{c['loadavg_after'][0]:.2f} after.  ",
+        *common.md_head("chain_bench", payload, f"; load average {c['loadavg_before'][0]:.2f} "
+                                                f"before, {c['loadavg_after'][0]:.2f} after"),
         f"Checkpoint: `{c['dir']}`, {c['file_bytes'] / 2**30:.2f} GiB in {c['shards']} shards, "
         f"served from `{c['root']}`; seeder and fetcher in two namespaces joined by a veth pair "
         f"(the x2 runs' second fetcher in a third, with its own veth pair to the seeder), "
         f"MTU {c['mtu']}.  ",
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".", "",
+        common.md_versions(payload), "",
         *([f"Hugetlb pool for the run: +{c['hugetlb_pool']['granted']} pages of 2 MiB "
            f"({c['hugetlb_pool']['bytes'] / 2**30:.2f} GiB), touched once before the first run; "
            f"every fetcher (ChainIO's and the baseline client) receives into buffers from it.", ""]
@@ -823,13 +817,7 @@ def main() -> int:
     steps = [(v, 1) for v in wanted] + [(v, 2) for v in multi]
     pool = None
     if args.hugetlb_pool == "auto":
-        import atexit
-
-        pool = common.HugetlbPool(ckpt["file_bytes"] * (2 if multi else 1) + (1 << 30))
-        pool.__enter__()
-        atexit.register(pool.__exit__, None, None, None)  # restored however main() ends
-        print(f"hugetlb pool: +{pool.granted} pages of 2 MiB for this run (asked {pool.pages}), "
-              f"touched once in {pool.warm_s:.1f} s")
+        pool = common.reserve_hugetlb_pool(ckpt["file_bytes"] * (2 if multi else 1) + (1 << 30))
     netns.cleanup_stale()
     results: list[dict] = []
     t_start = time.monotonic()

@@ -169,6 +169,43 @@ def write_outputs(out: str, stem: str, payload: dict, markdown, plot) -> None:
         print(f"plot failed: {type(e).__name__}: {e}", file=sys.stderr)
 
 
+def md_head(stem: str, payload: dict, machine_extra: str = "") -> list[str]:
+    """The first lines of a bench's Markdown: title, the command, and the machine (with
+    `machine_extra` after the date)."""
+    m, c = payload["machine"], payload["config"]
+    return [f"# {stem}", "", "```", c["command"], "```", "",
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel "
+            f"{m['kernel']}, disk {m['disk']}, {m['date']}{machine_extra}.  "]
+
+
+def md_versions(payload: dict) -> str:
+    return "Versions: " + ", ".join(f"{k} {val}" for k, val in payload.get("versions", {}).items()
+                                    if val) + "."
+
+
+def save_figure(fig, title: str, png: str, fontsize: int = 8) -> None:
+    """Titles, lays out, writes (110 dpi) and closes a bench's figure."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def reserve_hugetlb_pool(nbytes: int) -> HugetlbPool:
+    """A HugetlbPool of `nbytes` for the rest of the process (restored at exit, however the
+    bench ends); prints what it got."""
+    import atexit
+
+    pool = HugetlbPool(nbytes)
+    pool.__enter__()
+    atexit.register(pool.__exit__, None, None, None)
+    print(f"hugetlb pool: +{pool.granted} pages of 2 MiB for this run (asked {pool.pages}), "
+          f"touched once in {pool.warm_s:.1f} s")
+    return pool
+
+
 def add_run_args(ap, root: str) -> None:
     """Options shared by the checkpoint benchmarks (load_bench, hf_bench)."""
     ap.add_argument("--runs", type=int, default=3)

@@ -227,25 +227,19 @@ def plot(payload: dict, png: str) -> None:
     ax.set_xlabel("seconds until every parameter is in memory (median; bar = min-max)")
     ax.set_xlim(0, max(r["seconds_max"] for r in rows) * 1.2)
     ax.legend(fontsize=8, loc="center right")  # beside the short hot bars
-    fig.suptitle(title_of(payload), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, title_of(payload), png)
 
 
 def write_markdown(payload: dict, path: str) -> None:
-    m, c = payload["machine"], payload["config"]
-    v = payload.get("versions", {})
+    c = payload["config"]
     warn = payload.get("noise_warning")
     lines = [
-        "# hf_bench", "", "```", c["command"], "```", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}, "
-        f"disk {m['disk']}, {m['date']}.  ",
+        *common.md_head("hf_bench", payload),
         f"Checkpoint: `{c['dir']}`, {c['bytes'] / 2**30:.2f} GiB of bf16 tensors "
         f"({c['tensors']} tensors, hidden {c['model']['hidden_size']}, "
         f"{c['model']['num_hidden_layers']} layers, vocab {c['model']['vocab_size']}) in "
         f"{c['shards']} shards.  ",
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".", "",
+        common.md_versions(payload), "",
         *([f"Hugetlb pool for the run: +{c['hugetlb_pool']['granted']} pages of 2 MiB, touched "
            f"once before the first run; the hook's buffers come from it (stock cannot use it). "
            f"Peak RSS includes the hugetlb pages a process holds.", ""]
@@ -302,13 +296,7 @@ def main() -> int:
     reference = load_worker.digest_from_files(paths)
     pool = None
     if args.hugetlb_pool == "auto":
-        import atexit
-
-        pool = common.HugetlbPool(sum(os.path.getsize(p) for p in paths) + (128 << 20))
-        pool.__enter__()
-        atexit.register(pool.__exit__, None, None, None)  # restored however main() ends
-        print(f"hugetlb pool: +{pool.granted} pages of 2 MiB for this run, touched once in "
-              f"{pool.warm_s:.1f} s")
+        pool = common.reserve_hugetlb_pool(sum(os.path.getsize(p) for p in paths) + (128 << 20))
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
           f"kernel {info['kernel']}, disk {info['disk']}")

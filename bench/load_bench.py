@@ -371,25 +371,18 @@ def plot(payload: dict, png: str) -> None:
             ax.axvline(RSS_SLACK / 2**20, color="red", lw=1, ls=":")
             ax.text(RSS_SLACK / 2**20, -0.6, "target +256 MiB ", fontsize=7, ha="right",
                     color="red")
-    fig.suptitle(title_of(payload), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, title_of(payload), png, fontsize=9)
 
 
 def write_markdown(payload: dict, path: str) -> None:
-    m, c = payload["machine"], payload["config"]
-    v = payload.get("versions", {})
+    c = payload["config"]
     lines = [
-        "# load_bench", "",
-        "```", c["command"], "```", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}, "
-        f"disk {m['disk']}, {m['date']}.  ",
+        *common.md_head("load_bench", payload),
         f"Checkpoint: `{c['dir']}`, {c['bytes'] / 2**30:.2f} GiB of bf16 tensors "
         f"({c['tensors']} tensors, hidden {c['model']['hidden_size']}, "
         f"{c['model']['num_hidden_layers']} layers, vocab {c['model']['vocab_size']}) in "
         f"{c['shards']} shards.  ",
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".", "",
+        common.md_versions(payload), "",
         "Every run is a fresh process: destination memory is fresh (never faulted in before), "
         "peak RSS is the child's VmHWM (+ hugetlb pages it holds). Cold = sync + drop_caches, "
         "hot = the shards `cat` first. The clock stops when every tensor is in memory: "
@@ -421,18 +414,6 @@ def write_outputs(payload: dict, out: str) -> None:
 # ---------------------------------------------------------------- main
 
 def main() -> int:
-    args, pool_bytes = parse_args()
-    if args is None:
-        return 0
-    if args.hugetlb_pool == "off" or not pool_bytes:
-        return run(args, None)
-    with common.HugetlbPool(pool_bytes) as pool:
-        print(f"hugetlb pool: +{pool.granted} pages of 2 MiB for this run "
-              f"(asked {pool.pages}), touched once in {pool.warm_s:.1f} s")
-        return run(args, pool)
-
-
-def parse_args():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gib", type=float, default=4, help="checkpoint size (tensor bytes)")
@@ -451,7 +432,7 @@ def parse_args():
 
     if args.plot_only:
         common.replot(args.out, "load_bench", write_markdown, plot)
-        return None, 0
+        return 0
     loaders = [x.strip() for x in args.loaders.split(",") if x.strip()]
     unknown = [x for x in loaders if x not in LOADERS]
     if unknown:
@@ -463,16 +444,13 @@ def parse_args():
         ap.error("--runs must be >= 1")
     if os.geteuid() != 0:
         ap.error("cold runs drop the page cache (and fio-huge reserves huge pages): run as root")
+
     directory = args.dir or gen_checkpoint.default_dir(args.size_gib, args.shards)
     stamp = gen_checkpoint.generate(directory, args.size_gib, args.shards)
-    args.directory, args.stamp, args.loaders_list, args.caches = directory, stamp, loaders, caches
-    pool = sum(os.path.getsize(p) for p in load_worker.shard_files(directory)) + (128 << 20)
-    return args, pool if any(n in TARGETED for n in loaders) else 0
-
-
-def run(args, pool) -> int:
-    directory, stamp, loaders, caches = args.directory, args.stamp, args.loaders_list, args.caches
     paths = load_worker.shard_files(directory)
+    pool = None
+    if args.hugetlb_pool == "auto" and any(n in TARGETED for n in loaders):
+        pool = common.reserve_hugetlb_pool(sum(os.path.getsize(p) for p in paths) + (128 << 20))
     reference = load_worker.digest_from_files(paths)
     info = machine()
     env = {k: v for k, v in os.environ.items() if k.startswith(PEER_ENV_PREFIXES)}

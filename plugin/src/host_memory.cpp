@@ -128,13 +128,18 @@ Result<std::unique_ptr<HostRegion>> HostRegion::allocate(size_t bytes, const Hos
     if (bytes == 0) return Status(EINVAL, "HostRegion: size is 0");
     if (options.hugetlb && bytes >= options.hugetlb_min_bytes) {
         const size_t len = round_up(bytes, kHugePage);
-        const size_t room = hugetlb_cgroup_room();
-        void* mem = room < len ? MAP_FAILED
-                               : mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
-        if (mem != MAP_FAILED && room != kUnlimited && madvise(mem, len, MADV_POPULATE_WRITE) != 0) {
-            munmap(mem, len);  // a limit said no to some page (another process took the room)
-            mem = MAP_FAILED;
+        // mmap first: without a pool (most machines) it fails at once, and the cgroup files are
+        // only read when the pool did have the pages.
+        void* mem = mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
+        if (mem != MAP_FAILED) {
+            const size_t room = hugetlb_cgroup_room();
+            // Under a limit, fault it all in now: a page the limit refuses (another process may
+            // have taken the room meanwhile) is then an error here, not a SIGBUS later.
+            if (room < len || (room != kUnlimited && madvise(mem, len, MADV_POPULATE_WRITE) != 0)) {
+                munmap(mem, len);
+                mem = MAP_FAILED;
+            }
         }
         if (mem != MAP_FAILED) {
             count(PageBacking::HugeTlb, bytes);

@@ -286,6 +286,7 @@ PYBIND11_MODULE(_C, m) {
             return std::string(chainio::to_string(r.backing()));
         });
 
+    m.attr("hugetlb_min_bytes") = chainio::HostRegionOptions{}.hugetlb_min_bytes;  // smaller: 4 KiB pages
     m.def("host_memory_stats", [] {
         auto s = chainio::host_memory_stats();
         py::dict d;

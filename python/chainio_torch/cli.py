@@ -12,13 +12,14 @@ import sys
 def _pool_pages_for(path: str) -> tuple[int, int]:
     """(files, 2 MiB pages) that loading the checkpoint at `path` takes from a hugetlb pool:
     every file whose buffer is large enough to use it, each rounded up to whole pages."""
+    from . import _C
     from .loader import checkpoint_files, read_header
 
     files = checkpoint_files(path)
     pages = 0
     for f in files:
         n = read_header(f).buffer_bytes
-        if n >= 32 << 20:  # HostRegionOptions::hugetlb_min_bytes
+        if n >= _C.hugetlb_min_bytes:
             pages += -(-n // (2 << 20))
     return len(files), pages
 

@@ -105,12 +105,45 @@ def wait_no_xdp(details, timeout: float) -> tuple[bool, str]:
 
 
 class _Lab:
-    """What Net and Triangle share: their namespaces (and relay) go away on close(), which is
+    """What Net and Triangle share: the relay between two of their hosts (namespace `br`, when
+    built with one), and their namespaces (and relay) going away on close(), which is
     idempotent, and on leaving a `with` block."""
 
     namespaces: list
     relay_peer: "Peer | None"
+    br: "str | None"
     closed: bool
+
+    @staticmethod
+    def _base(tag: str) -> str:
+        """A namespace-name prefix unique to this process and lab."""
+        global _counter
+        _counter += 1
+        return f"{PREFIX}-{os.getpid()}-{_counter}{tag}"
+
+    def start_relay(self, spec: str = "", seed: int = 1) -> "Peer":
+        """Starts relay.py on the relayed wire with netem words `spec` ("" forwards untouched);
+        returns once it forwards. Its side "a" is Net's a, Triangle's S (so `forge-nth` forges
+        S->F1 segments). Stopped (and its stats collected) by stop_relay()/close()."""
+        assert self.br, f"start_relay needs a {type(self).__name__} built with its relay"
+        assert self.relay_peer is None
+        self.relay_peer = Peer(self.br, ["--a", "pa", "--b", "pb", "--spec", spec,
+                                         "--seed", str(seed)],
+                               name=f"relay[{spec}]", script=RELAY, stdin=True)
+        self.relay_peer.event("ready", 10)
+        return self.relay_peer
+
+    def stop_relay(self) -> dict:
+        """Stops the relay; returns its per-direction counters ("a->b" is Net's a->b, S->F1)."""
+        p, self.relay_peer = self.relay_peer, None
+        if p is None:
+            return {}
+        try:
+            p.send_line("stop")
+            _, done = p.result(10)
+            return done.get("stats", {})
+        finally:
+            p.stop()
 
     def close(self) -> None:
         if self.closed:
@@ -133,9 +166,7 @@ class Net(_Lab):
     """Two (or three) namespaces joined by veth; always call close() (it is idempotent)."""
 
     def __init__(self, mtu: int = 1500, relay: bool = False, tag: str = ""):
-        global _counter
-        _counter += 1
-        base = f"{PREFIX}-{os.getpid()}-{_counter}{tag}"
+        base = self._base(tag)
         self.mtu, self.relay = mtu, relay
         self.a, self.b = base + "-a", base + "-b"
         self.br = base + "-r" if relay else None
@@ -189,29 +220,6 @@ class Net(_Lab):
                 break
             time.sleep(0.02)
 
-    def start_relay(self, spec: str = "", seed: int = 1) -> "Peer":
-        """Starts relay.py between the hosts with netem words `spec` ("" forwards untouched);
-        returns once it forwards. Stopped (and its stats collected) by stop_relay()/close()."""
-        assert self.relay, "start_relay needs Net(relay=True)"
-        assert self.relay_peer is None
-        self.relay_peer = Peer(self.br, ["--a", "pa", "--b", "pb", "--spec", spec,
-                                         "--seed", str(seed)],
-                               name=f"relay[{spec}]", script=RELAY, stdin=True)
-        self.relay_peer.event("ready", 10)
-        return self.relay_peer
-
-    def stop_relay(self) -> dict:
-        """Stops the relay; returns its per-direction counters."""
-        p, self.relay_peer = self.relay_peer, None
-        if p is None:
-            return {}
-        try:
-            p.send_line("stop")
-            _, done = p.result(10)
-            return done.get("stats", {})
-        finally:
-            p.stop()
-
     def link_details(self, side: str) -> str:
         return sh(["ip", "-d", "link", "show", "dev", self.dev(side)], ns=self.ns(side)).stdout
 
@@ -249,9 +257,7 @@ class Triangle(_Lab):
 
     def __init__(self, mtu: int = 9000, relayed: bool = False, relay_mtu: int = 1500,
                  tag: str = ""):
-        global _counter
-        _counter += 1
-        base = f"{PREFIX}-{os.getpid()}-{_counter}{tag}"
+        base = self._base(tag)
         self.mtu, self.relay_mtu, self.relayed = mtu, relay_mtu, relayed
         self.names = {h: f"{base}-{h}" for h in self.HOSTS}
         self.br = f"{base}-r" if relayed else None
@@ -315,29 +321,6 @@ class Triangle(_Lab):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no carrier after 5 s on {down}")
             time.sleep(0.02)
-
-    def start_relay(self, spec: str = "", seed: int = 1) -> "Peer":
-        """Starts relay.py on the relayed S<->F1 wire (S is its side "a", so `forge-nth`
-        forges S->F1 segments); returns once it forwards."""
-        assert self.relayed, "start_relay needs Triangle(relayed=True)"
-        assert self.relay_peer is None
-        self.relay_peer = Peer(self.br, ["--a", "pa", "--b", "pb", "--spec", spec,
-                                         "--seed", str(seed)],
-                               name=f"relay[{spec}]", script=RELAY, stdin=True)
-        self.relay_peer.event("ready", 10)
-        return self.relay_peer
-
-    def stop_relay(self) -> dict:
-        """Stops the relay; returns its per-direction counters ("a->b" is S->F1)."""
-        p, self.relay_peer = self.relay_peer, None
-        if p is None:
-            return {}
-        try:
-            p.send_line("stop")
-            _, done = p.result(10)
-            return done.get("stats", {})
-        finally:
-            p.stop()
 
     def link_details(self, host: str, toward: str) -> str:
         return sh(["ip", "-d", "link", "show", "dev", self.dev(host, toward)],
