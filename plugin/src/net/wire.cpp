@@ -3,6 +3,9 @@
 #include <arpa/inet.h>
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
+#ifdef CHAINIO_XXH_DISPATCH
+#include <xxh_x86dispatch.h>  // XXH3_64bits & co. -> the library's AVX2/AVX-512 builds
+#endif
 
 namespace chainio::net::wire {
 namespace {
