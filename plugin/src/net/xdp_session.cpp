@@ -12,8 +12,10 @@
 // RTO. Manifests ride the frames rather than the TCP channel: a TCP message on the path of every
 // transfer would make AF_XDP latency that of TCP.
 //
-// Everything runs on the calling thread: the ring multishot-polls the socket, its wait timeout is
-// the retransmission timer, and TX is kicked with sendto(MSG_DONTWAIT) (see kick()).
+// Everything runs on the calling thread: before it sleeps the ring polls the socket (one-shot,
+// armed only then: an armed poll makes the peer's softirq wake us for every batch it delivers,
+// even while we are busy with the previous one), its wait timeout is the retransmission timer,
+// and TX is kicked with sendto(MSG_DONTWAIT) (see kick()).
 
 #include <linux/if_xdp.h>
 #include <poll.h>
@@ -303,7 +305,7 @@ void XdpSession::arm_poll() {
     if (poll_armed_) return;
     io_uring_sqe* s = io_uring_get_sqe(&ring_);
     if (!s) return;
-    io_uring_prep_poll_multishot(s, port_->fd(), POLLIN);
+    io_uring_prep_poll_add(s, port_->fd(), POLLIN);
     io_uring_sqe_set_data64(s, kXskPoll);
     poll_armed_ = true;
     ++inflight_ops_;
@@ -311,7 +313,8 @@ void XdpSession::arm_poll() {
 
 void XdpSession::on_cqe(uint64_t tag, int res, uint32_t flags) {
     (void)res;
-    if (tag == kXskPoll && !(flags & IORING_CQE_F_MORE)) poll_armed_ = false;
+    (void)flags;
+    if (tag == kXskPoll) poll_armed_ = false;
 }
 
 uint32_t XdpSession::rx_window() const {
@@ -640,14 +643,15 @@ Status XdpSession::send(std::span<const Span> objects) {
             break;
         }
         if (st = check_silence("acknowledgements"); !st) break;
-        arm_poll();
+        const bool block = !options_.busy_poll && !progress && !tx_backlog();
+        if (block) arm_poll();
         int64_t wake = now_ns() + 50'000'000;
         if (!fifo_.empty()) {
             const auto [id, seq] = fifo_.front();
             wake = std::min(wake, tx_stream(id).sent_ns[seq] + rto_);
         }
         if (all_acked) wake = std::min(wake, last_ack_ns_ + rto_);
-        if (st = pump(!options_.busy_poll && !progress && !tx_backlog(), wake); !st) break;
+        if (st = pump(block, wake); !st) break;
     }
     if (!st && !tx_done_) {
         // A peer that confirmed and then closed: its DONE frame may have come with the close.
@@ -836,7 +840,7 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
         if (st = check_silence(have_manifest_ ? "object bytes" : "a transfer"); !st) break;
         const bool block = !options_.busy_poll && !progress && !tx_backlog();
         send_acks(block);  // nothing more to read now: acknowledge before sleeping
-        arm_poll();
+        if (block) arm_poll();
         if (st = pump(block, now_ns() + 50'000'000); !st) break;
     }
     receiving_ = false;
