@@ -96,6 +96,35 @@ TEST(NetWire, FrameCheckCoversHeaderAndPayload) {
     EXPECT_NE(wire::frame_check(other, payload, 5), c);
 }
 
+TEST(NetWire, FrameCheckFromPieceHashOrPiecesAgree) {
+    // The sender checks frames from stored piece hashes, the receiver from the bytes it placed
+    // (one buffer) or from a multi-buffer frame's chunks: all three must give the same check.
+    wire::FrameHeader h{};
+    h.magic = wire::kMagic;
+    h.type = 1;
+    h.len = 9000;
+    std::vector<uint8_t> payload(9000);
+    for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<uint8_t>(i * 7 + 3);
+    const uint64_t c = wire::frame_check(h, payload.data(), payload.size());
+    EXPECT_EQ(wire::frame_check(h, wire::piece_hash(payload.data(), payload.size())), c);
+    const uint8_t* pieces[3] = {payload.data(), payload.data() + 3786, payload.data() + 7882};
+    const uint32_t lens[3] = {3786, 4096, 9000 - 7882};
+    EXPECT_EQ(wire::frame_check(h, pieces, lens, 3), c);
+    EXPECT_EQ(wire::piece_hash(nullptr, 0), wire::piece_hash(payload.data(), 0));
+}
+
+TEST(NetWire, PiecesDigestDependsOnEveryPieceAndItsPlace) {
+    // The AF_XDP object digest is over the chunks' piece hashes in order: a chunk placed at the
+    // wrong offset (two swapped) or a changed chunk must change it.
+    const uint64_t a = wire::piece_hash("first", 5), b = wire::piece_hash("second", 6);
+    const uint64_t ab[2] = {a, b}, ba[2] = {b, a};
+    const uint64_t aa[2] = {a, a};
+    EXPECT_NE(wire::pieces_digest(ab, 2), wire::pieces_digest(ba, 2));
+    EXPECT_NE(wire::pieces_digest(ab, 2), wire::pieces_digest(aa, 2));
+    EXPECT_NE(wire::pieces_digest(ab, 2), wire::pieces_digest(ab, 1));
+    EXPECT_EQ(wire::pieces_digest(ab, 2), wire::pieces_digest(ab, 2));
+}
+
 TEST(NetWire, PayloadPerFrameFitsMtuAndCopyModeChunk) {
     EXPECT_EQ(xdp_payload_for_mtu(1500) % 8, 0u);
     EXPECT_LE(xdp_payload_for_mtu(1500) + wire::kFrameOverhead, 1514u);

@@ -31,6 +31,7 @@ struct Stream {
     std::vector<uint64_t> bits;
     std::vector<int64_t> sent_ns;  ///< sender: time of the last send of each chunk
     std::vector<uint64_t> resent;  ///< sender: chunk was sent more than once (no RTT sample)
+    std::vector<uint64_t> piece;   ///< AF_XDP: wire::piece_hash of each chunk
 
     void init(uint32_t n, bool sender);
     bool has(uint32_t i) const { return bits[i >> 6] >> (i & 63) & 1; }

@@ -51,21 +51,32 @@ uint64_t object_digest(const void* data, size_t size) {
     return XXH3_64bits(size ? data : &empty, size);
 }
 
-uint64_t frame_check(const FrameHeader& h, const void* payload, size_t len) {
+uint64_t piece_hash(const void* payload, size_t len) {
+    static const uint8_t empty = 0;
+    return XXH3_64bits(len ? payload : &empty, len);
+}
+
+uint64_t pieces_digest(const uint64_t* hashes, size_t count) {
+    return piece_hash(hashes, count * sizeof(uint64_t));
+}
+
+uint64_t frame_check(const FrameHeader& h, uint64_t payload_hash) {
     FrameHeader z = h;
     z.check = 0;
-    return XXH3_64bits_withSeed(payload, len, XXH3_64bits(&z, sizeof(z)));
+    return XXH3_64bits_withSeed(&z, sizeof(z), payload_hash);
+}
+
+uint64_t frame_check(const FrameHeader& h, const void* payload, size_t len) {
+    return frame_check(h, piece_hash(payload, len));
 }
 
 uint64_t frame_check(const FrameHeader& h, const uint8_t* const* pieces, const uint32_t* lens,
                      uint32_t count) {
     if (count == 1) return frame_check(h, pieces[0], lens[0]);
-    FrameHeader z = h;
-    z.check = 0;
-    XXH3_state_t st;
-    XXH3_64bits_reset_withSeed(&st, XXH3_64bits(&z, sizeof(z)));
+    XXH3_state_t st;  // the hash of the concatenated pieces, as piece_hash() of one buffer
+    XXH3_64bits_reset(&st);
     for (uint32_t i = 0; i < count; ++i) XXH3_64bits_update(&st, pieces[i], lens[i]);
-    return XXH3_64bits_digest(&st);
+    return frame_check(h, XXH3_64bits_digest(&st));
 }
 
 const uint8_t* udp_payload(const uint8_t* f, size_t len, uint16_t port, size_t* out_len) {

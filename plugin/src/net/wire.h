@@ -11,8 +11,11 @@
 // bytes [seq * payload, seq * payload + len) of the object. An ACK frame carries the receiver's
 // cumulative sequence (every chunk below it arrived), a 256-bit selective-ACK bitmap of the
 // chunks above it, and the number of frames the receiver can still take (its send window).
-// `check` = xxh3 of the payload seeded with the xxh3 of the header (check field zeroed):
-// corrupted frames are dropped and resent, and the object digest is checked end to end anyway.
+// `check` = xxh3 of the header (check field zeroed) seeded with the payload's piece hash
+// (xxh3 of the payload): corrupted frames are dropped and resent. The digest an AF_XDP manifest
+// gives for an object is pieces_digest() of the piece hashes of its `payload`-sized chunks, so a
+// sender hashes each byte once (the piece hashes serve the digest and every frame's check) and
+// a receiver hashes each chunk once, in its destination right after copying it there.
 
 #include <cstddef>
 #include <cstdint>
@@ -20,7 +23,7 @@
 
 namespace chainio::net::wire {
 
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: frame checks and AF_XDP digests built on piece hashes
 
 enum class Msg : uint32_t {
     kHello = 1,     ///< JSON: version, token (server), transport, mac, ip, udp_port, queue, mtu
@@ -84,7 +87,14 @@ void build_l2l4(uint8_t* p, const Endpoint& src, const Endpoint& dst, size_t udp
 /// The end-to-end digest of an object (xxh3-64; an empty object has one too).
 uint64_t object_digest(const void* data, size_t size);
 
-/// The frame checksum described above.
+/// The hash of one chunk's payload (xxh3-64).
+uint64_t piece_hash(const void* payload, size_t len);
+/// The digest of an object sent over AF_XDP: over the piece hashes of its chunks, in order.
+uint64_t pieces_digest(const uint64_t* hashes, size_t count);
+
+/// The frame checksum described above, from the payload's piece hash.
+uint64_t frame_check(const FrameHeader& h, uint64_t payload_hash);
+/// The same, hashing the payload.
 uint64_t frame_check(const FrameHeader& h, const void* payload, size_t len);
 /// The same over a payload in `count` pieces (a multi-buffer frame's chunks).
 uint64_t frame_check(const FrameHeader& h, const uint8_t* const* pieces, const uint32_t* lens,

@@ -107,7 +107,12 @@ public:
 private:
     // ---- frames
     bool put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uint32_t seq,
-                   const uint8_t* payload, uint32_t len, uint32_t window);
+                   const uint8_t* payload, uint32_t len, uint32_t window, uint64_t payload_hash);
+    bool put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uint32_t seq,
+                   const uint8_t* payload, uint32_t len, uint32_t window) {
+        return put_frame(type, stream, transfer, seq, payload, len, window,
+                         wire::piece_hash(payload, len));
+    }
     // A frame whose payload stays where it is in the arena: one send chunk for the headers,
     // then descriptors pointing at the payload (split at chunk boundaries).
     bool put_borrowed(const wire::FrameHeader& h, const uint8_t* payload, uint32_t len);
@@ -128,6 +133,8 @@ private:
     // ---- sender
     Stream& tx_stream(uint16_t id) { return id == kManifestStream ? tx_manifest_ : tx_streams_[id]; }
     const uint8_t* tx_source(uint16_t id, uint32_t seq, uint32_t* len);
+    /// The piece hash of every chunk of `s` (the one pass a sender makes over the bytes).
+    void hash_pieces(Stream& s) const;
     bool send_chunk(uint16_t id, uint32_t seq, bool again);  // false: no room in the TX ring
     void fill_window(bool* progress);
     void on_ack(const wire::FrameHeader& h, const uint8_t* body);
@@ -135,7 +142,11 @@ private:
 
     // ---- receiver
     Stream* rx_stream(uint16_t id);
-    bool on_data(const wire::FrameHeader& h, const Pieces& payload);
+    /// `placed`: the payload is already at its destination with this piece hash (rx_slot).
+    bool on_data(const wire::FrameHeader& h, const Pieces& payload, const uint64_t* placed);
+    /// Where the payload of DATA frame `h` goes when it is a chunk not received yet of the
+    /// transfer in progress (header unverified: only a slot that is empty anyway); else nullptr.
+    uint8_t* rx_slot(const wire::FrameHeader& h);
     Status manifest_arrived();
     void stream_done(Stream& s, size_t index);
     /// Acknowledges what arrived: at once when `force`, else only once kAckEvery frames are
@@ -199,7 +210,8 @@ private:
 // ---------------------------------------------------------------- frames
 
 bool XdpSession::put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uint32_t seq,
-                           const uint8_t* payload, uint32_t len, uint32_t window) {
+                           const uint8_t* payload, uint32_t len, uint32_t window,
+                           uint64_t payload_hash) {
     wire::FrameHeader h{};
     h.magic = wire::kMagic;
     h.version = wire::kVersion;
@@ -210,7 +222,7 @@ bool XdpSession::put_frame(uint8_t type, uint16_t stream, uint32_t transfer, uin
     h.token = token_;
     h.len = len;
     h.window = window;
-    h.check = wire::frame_check(h, payload, len);
+    h.check = wire::frame_check(h, payload_hash);
     if (len && in_arena(payload, len)) return put_borrowed(h, payload, len);
     const size_t bytes = wire::kFrameOverhead + len;
     const uint32_t segs =
@@ -408,6 +420,23 @@ bool XdpSession::on_frame(const RxFrame& f) {
         ++stats_.dropped_bad_len;
         return false;
     }
+    // The common case, a new chunk of the transfer being received: copy it to its destination
+    // and hash it there, while it is in cache. The slot is empty, so if the check then fails
+    // (the frame was corrupted, its header included) nothing is lost: the chunk stays missing.
+    if (uint8_t* dst = rx_slot(h)) {
+        uint8_t* w = dst;
+        for (uint32_t i = 0; i < pieces.count; ++i) {
+            std::memcpy(w, pieces.p[i], pieces.n[i]);
+            w += pieces.n[i];
+        }
+        const uint64_t ph = wire::piece_hash(dst, h.len);
+        if (wire::frame_check(h, ph) != h.check) {
+            ++stats_.dropped_bad_check;
+            return false;
+        }
+        heard();
+        return on_data(h, pieces, &ph);
+    }
     if (wire::frame_check(h, pieces.p, pieces.n, pieces.count) != h.check) {
         ++stats_.dropped_bad_check;
         return false;
@@ -419,7 +448,7 @@ bool XdpSession::on_frame(const RxFrame& f) {
     heard();
     switch (h.type) {
     case static_cast<uint8_t>(wire::Frame::kData): {
-        const bool keep = on_data(h, pieces);
+        const bool keep = on_data(h, pieces, nullptr);
         if (keep) {
             early_.push_back(f);
             early_chunks_ += f.n;
@@ -472,14 +501,23 @@ const uint8_t* XdpSession::tx_source(uint16_t id, uint32_t seq, uint32_t* len) {
     return s.data + off;
 }
 
+void XdpSession::hash_pieces(Stream& s) const {
+    s.piece.resize(s.chunks);
+    for (uint32_t i = 0; i < s.chunks; ++i) {
+        const size_t off = size_t(i) * payload_;
+        s.piece[i] = wire::piece_hash(s.data + off, std::min<size_t>(payload_, s.size - off));
+    }
+}
+
 bool XdpSession::send_chunk(uint16_t id, uint32_t seq, bool again) {
     uint32_t len = 0;
     const uint8_t* p = tx_source(id, seq, &len);
     // Manifest frames carry the manifest's total size (the receiver learns it from any of them).
     const uint32_t window = id == kManifestStream ? static_cast<uint32_t>(tx_manifest_.size) : 0;
-    if (!put_frame(static_cast<uint8_t>(wire::Frame::kData), id, tx_transfer_, seq, p, len, window))
-        return false;
     Stream& s = tx_stream(id);
+    if (!put_frame(static_cast<uint8_t>(wire::Frame::kData), id, tx_transfer_, seq, p, len, window,
+                   s.piece[seq]))
+        return false;
     s.sent_ns[seq] = now_ns();
     if (again) {
         s.resent[seq >> 6] |= uint64_t{1} << (seq & 63);
@@ -594,8 +632,9 @@ Status XdpSession::send(std::span<const Span> objects) {
         Stream& s = tx_streams_[i];
         s.data = static_cast<uint8_t*>(objects[i].data);
         s.size = objects[i].size;
-        s.digest = wire::object_digest(s.data, s.size);
         s.init(static_cast<uint32_t>((s.size + payload_ - 1) / payload_), true);
+        hash_pieces(s);
+        s.digest = wire::pieces_digest(s.piece.data(), s.piece.size());
         uint64_t rec[2] = {s.size, s.digest};
         const auto* r = reinterpret_cast<const uint8_t*>(rec);
         tx_manifest_bytes_.insert(tx_manifest_bytes_.end(), r, r + sizeof(rec));
@@ -604,6 +643,7 @@ Status XdpSession::send(std::span<const Span> objects) {
     tx_manifest_.data = tx_manifest_bytes_.data();
     tx_manifest_.size = tx_manifest_bytes_.size();
     tx_manifest_.init(static_cast<uint32_t>((tx_manifest_.size + payload_ - 1) / payload_), true);
+    hash_pieces(tx_manifest_);
     fifo_.clear();
     inflight_ = 0;
     rr_ = 0;
@@ -631,7 +671,8 @@ Status XdpSession::send(std::span<const Span> objects) {
             uint32_t len = 0;
             const uint8_t* p = tx_source(kManifestStream, seq, &len);
             if (put_frame(static_cast<uint8_t>(wire::Frame::kData), kManifestStream, tx_transfer_,
-                          seq, p, len, static_cast<uint32_t>(tx_manifest_.size))) {
+                          seq, p, len, static_cast<uint32_t>(tx_manifest_.size),
+                          tx_manifest_.piece[seq])) {
                 ++stats_.retransmits;
                 last_ack_ns_ = now_ns();
             }
@@ -671,7 +712,22 @@ Stream* XdpSession::rx_stream(uint16_t id) {
     return id < rx_streams_.size() ? &rx_streams_[id] : nullptr;
 }
 
-bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload) {
+uint8_t* XdpSession::rx_slot(const wire::FrameHeader& h) {
+    if (h.type != static_cast<uint8_t>(wire::Frame::kData) || h.token != token_ || !receiving_ ||
+        h.transfer != last_done_transfer_ + 1)
+        return nullptr;
+    if (h.stream == kManifestStream ? rx_manifest_.size == 0 || h.window != rx_manifest_.size
+                                    : !have_manifest_)
+        return nullptr;
+    Stream* s = rx_stream(h.stream);
+    if (!s || h.seq >= s->chunks || s->has(h.seq) ||
+        h.len != std::min<size_t>(payload_, s->size - size_t(h.seq) * payload_))
+        return nullptr;
+    return s->data + size_t(h.seq) * payload_;
+}
+
+bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload,
+                         const uint64_t* placed) {
     if (!receiving_ || h.transfer != last_done_transfer_ + 1) {
         if (h.transfer == last_done_transfer_ && last_done_transfer_) {
             redo_done_ = true;  // our DONE was lost: say it again
@@ -698,6 +754,7 @@ bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload) {
         rx_manifest_.data = rx_manifest_bytes_.data();
         rx_manifest_.size = h.window;
         rx_manifest_.init(static_cast<uint32_t>((h.window + payload_ - 1) / payload_), false);
+        rx_manifest_.piece.resize(rx_manifest_.chunks);
     }
     Stream* s = rx_stream(h.stream);
     if (!s || h.seq >= s->chunks ||
@@ -710,9 +767,15 @@ bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload) {
         ++stats_.duplicates;
     } else {
         uint8_t* dst = s->data + size_t(h.seq) * payload_;
-        for (uint32_t i = 0; i < payload.count; ++i) {
-            std::memcpy(dst, payload.p[i], payload.n[i]);
-            dst += payload.n[i];
+        if (placed) {
+            s->piece[h.seq] = *placed;
+        } else {
+            uint8_t* w = dst;
+            for (uint32_t i = 0; i < payload.count; ++i) {
+                std::memcpy(w, payload.p[i], payload.n[i]);
+                w += payload.n[i];
+            }
+            s->piece[h.seq] = wire::piece_hash(dst, h.len);
         }
         ++stats_.frames_received;
         if (h.stream != kManifestStream) stats_.bytes_received += h.len;
@@ -753,6 +816,7 @@ Status XdpSession::manifest_arrived() {
             return Status(ENOMEM, "no destination for object " + std::to_string(i) + " of " +
                                       std::to_string(s.size) + " B");
         s.init(static_cast<uint32_t>((s.size + payload_ - 1) / payload_), false);
+        s.piece.resize(s.chunks);
     }
     for (uint32_t i = 0; i < count; ++i) {
         if (rx_streams_[i].chunks == 0) stream_done(rx_streams_[i], i);
@@ -765,7 +829,8 @@ Status XdpSession::manifest_arrived() {
 void XdpSession::stream_done(Stream& s, size_t index) {
     s.verified = true;
     ++rx_complete_;
-    if (wire::object_digest(s.data, s.size) != s.digest && rx_error_.is_ok()) {
+    // Every piece hash was taken in the destination, so this checks the bytes where they lie.
+    if (wire::pieces_digest(s.piece.data(), s.piece.size()) != s.digest && rx_error_.is_ok()) {
         rx_error_ = Status(EBADMSG, "object " + std::to_string(index) +
                                         " arrived with another digest than its manifest's");
     }
