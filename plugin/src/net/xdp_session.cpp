@@ -135,7 +135,8 @@ private:
     const uint8_t* tx_source(uint16_t id, uint32_t seq, uint32_t* len);
     /// The piece hash of every chunk of `s` (the one pass a sender makes over the bytes).
     void hash_pieces(Stream& s) const;
-    bool send_chunk(uint16_t id, uint32_t seq, bool again);  // false: no room in the TX ring
+    /// false: no room in the TX ring. `now`: the send time recorded (one clock read per batch).
+    bool send_chunk(uint16_t id, uint32_t seq, bool again, int64_t now);
     void fill_window(bool* progress);
     void on_ack(const wire::FrameHeader& h, const uint8_t* body);
     void rtt_sample(int64_t ns);
@@ -166,6 +167,7 @@ private:
     uint32_t initial_window_;
     uint16_t ip_id_ = 0;
     bool poll_armed_ = false;
+    bool rx_heard_ = false;  // a frame of our session arrived in the batch being processed
     std::vector<uint64_t> recycle_;
 
     int64_t srtt_ = 0, rttvar_ = 0, rto_ = kInitialRto;
@@ -379,6 +381,8 @@ void XdpSession::process_rx(bool* progress) {
             partial_.n = 0;
         }
         xsk_ring_cons__release(&port_->rx, n);
+        if (rx_heard_) heard();  // one clock read per batch, not per frame
+        rx_heard_ = false;
         refill(recycle_.data(), static_cast<uint32_t>(recycle_.size()));
         send_acks();
     }
@@ -434,7 +438,7 @@ bool XdpSession::on_frame(const RxFrame& f) {
             ++stats_.dropped_bad_check;
             return false;
         }
-        heard();
+        rx_heard_ = true;
         return on_data(h, pieces, &ph);
     }
     if (wire::frame_check(h, pieces.p, pieces.n, pieces.count) != h.check) {
@@ -445,7 +449,7 @@ bool XdpSession::on_frame(const RxFrame& f) {
         ++stats_.dropped_bad_token;
         return false;
     }
-    heard();
+    rx_heard_ = true;
     switch (h.type) {
     case static_cast<uint8_t>(wire::Frame::kData): {
         const bool keep = on_data(h, pieces, nullptr);
@@ -509,7 +513,7 @@ void XdpSession::hash_pieces(Stream& s) const {
     }
 }
 
-bool XdpSession::send_chunk(uint16_t id, uint32_t seq, bool again) {
+bool XdpSession::send_chunk(uint16_t id, uint32_t seq, bool again, int64_t now) {
     uint32_t len = 0;
     const uint8_t* p = tx_source(id, seq, &len);
     // Manifest frames carry the manifest's total size (the receiver learns it from any of them).
@@ -518,7 +522,7 @@ bool XdpSession::send_chunk(uint16_t id, uint32_t seq, bool again) {
     if (!put_frame(static_cast<uint8_t>(wire::Frame::kData), id, tx_transfer_, seq, p, len, window,
                    s.piece[seq]))
         return false;
-    s.sent_ns[seq] = now_ns();
+    s.sent_ns[seq] = now;
     if (again) {
         s.resent[seq >> 6] |= uint64_t{1} << (seq & 63);
         ++stats_.retransmits;
@@ -544,7 +548,7 @@ void XdpSession::fill_window(bool* progress) {
         }
         if (s.sent_ns[seq] + rto_ > now) break;
         fifo_.pop_front();
-        if (!send_chunk(id, seq, true)) {
+        if (!send_chunk(id, seq, true, now)) {
             fifo_.emplace_front(id, seq);  // the TX ring is full: again after completions
             break;
         }
@@ -570,7 +574,7 @@ void XdpSession::fill_window(bool* progress) {
             if (++run_ % kRunFrames == 0) rr_ = (rr_ + 1) % tx_streams_.size();
         }
         Stream& s = tx_stream(id);
-        if (!send_chunk(id, s.next_new, false)) break;  // TX ring full: after completions
+        if (!send_chunk(id, s.next_new, false, now)) break;  // TX ring full: after completions
         ++s.next_new;
         *progress = true;
     }
