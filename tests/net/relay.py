@@ -24,6 +24,11 @@ segment from A to B that carries at least 1000 payload bytes, *before* the kerne
 checksum (the segment still has checksum offload pending): a corruption no TCP checksum can
 see, which only an end-to-end digest catches. Counted as "forged".
 
+Nor is `corrupt-seq P%`: in a fraction P of ChainIO's AF_XDP DATA frames it flips one of the low
+six bits of the chunk sequence number in our frame header, so that the frame claims to be a
+nearby chunk of the same object: a header corruption aimed at the receiver's placement (it
+copies a chunk not received yet into its slot before checking it). Counted as "seq_corrupted".
+
 Protocol: prints {"event": "ready"} once both sockets are bound; stops when a line arrives on
 stdin (or stdin closes) and prints {"event": "done", "stats": {...}}.
 """
@@ -51,7 +56,7 @@ VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 def parse_spec(spec: str) -> dict:
     words = spec.split()
     cfg = {"loss": 0.0, "duplicate": 0.0, "corrupt": 0.0, "delay": 0.0, "reorder": 0.0,
-           "reorder_corr": 0.0, "forge_nth": 0}
+           "reorder_corr": 0.0, "forge_nth": 0, "corrupt_seq": 0.0}
 
     def pct(w: str) -> float:
         if not w.endswith("%"):
@@ -69,6 +74,9 @@ def parse_spec(spec: str) -> dict:
         w = words[i]
         if w in ("loss", "duplicate", "corrupt"):
             cfg[w] = pct(words[i + 1])
+            i += 2
+        elif w == "corrupt-seq":
+            cfg["corrupt_seq"] = pct(words[i + 1])
             i += 2
         elif w == "forge-nth":
             cfg["forge_nth"] = int(words[i + 1])
@@ -127,7 +135,7 @@ def main() -> int:
     other = {"a": "b", "b": "a"}
     by_fd = {s.fileno(): name for name, s in socks.items()}
     stats = {d: {"frames": 0, "bytes": 0, "lost": 0, "duplicated": 0, "corrupted": 0,
-                 "corrupt_dropped": 0, "delayed": 0, "sent_early": 0, "send_errors": 0,
+                 "corrupt_dropped": 0, "seq_corrupted": 0, "delayed": 0, "sent_early": 0, "send_errors": 0,
                  "udp": 0, "gso": 0, "forged": 0, "tcp_data": 0}
              for d in ("a->b", "b->a")}
     held: list = []  # (release time, seq, out side, frame)
@@ -169,6 +177,14 @@ def main() -> int:
                         b[pos] ^= 1 << rng.randrange(8)
                         frame = bytes(b)
                         st["forged"] += 1
+        # Our frame header follows Ethernet (14) + IPv4 without options (20) + UDP (8): magic
+        # "CHIO", version, type (1 = DATA), stream, transfer, then seq (little-endian) at 54.
+        if cfg["corrupt_seq"] and is_udp and len(eth) >= 58 and eth[42:46] == b"CHIO" \
+                and eth[47] == 1 and rng.random() < cfg["corrupt_seq"]:
+            b = bytearray(frame)
+            b[VNET_HDR + 54] ^= 1 << rng.randrange(6)
+            frame = bytes(b)
+            st["seq_corrupted"] += 1
         if cfg["loss"] and rng.random() < cfg["loss"]:
             st["lost"] += 1
             return
