@@ -135,8 +135,8 @@ def main() -> int:
     other = {"a": "b", "b": "a"}
     by_fd = {s.fileno(): name for name, s in socks.items()}
     stats = {d: {"frames": 0, "bytes": 0, "lost": 0, "duplicated": 0, "corrupted": 0,
-                 "corrupt_dropped": 0, "seq_corrupted": 0, "delayed": 0, "sent_early": 0, "send_errors": 0,
-                 "udp": 0, "gso": 0, "forged": 0, "tcp_data": 0}
+                 "corrupt_dropped": 0, "seq_corrupted": 0, "delayed": 0, "sent_early": 0,
+                 "send_errors": 0, "udp": 0, "gso": 0, "forged": 0, "tcp_data": 0}
              for d in ("a->b", "b->a")}
     held: list = []  # (release time, seq, out side, frame)
     seq = 0

@@ -51,10 +51,7 @@ uint64_t object_digest(const void* data, size_t size) {
     return XXH3_64bits(size ? data : &empty, size);
 }
 
-uint64_t piece_hash(const void* payload, size_t len) {
-    static const uint8_t empty = 0;
-    return XXH3_64bits(len ? payload : &empty, len);
-}
+uint64_t piece_hash(const void* payload, size_t len) { return object_digest(payload, len); }
 
 uint64_t pieces_digest(const uint64_t* hashes, size_t count) {
     return piece_hash(hashes, count * sizeof(uint64_t));

@@ -143,11 +143,15 @@ private:
 
     // ---- receiver
     Stream* rx_stream(uint16_t id);
-    /// `placed`: the payload is already at its destination with this piece hash (rx_slot).
-    bool on_data(const wire::FrameHeader& h, const Pieces& payload, const uint64_t* placed);
-    /// Where the payload of DATA frame `h` goes when it is a chunk not received yet of the
-    /// transfer in progress (header unverified: only a slot that is empty anyway); else nullptr.
-    uint8_t* rx_slot(const wire::FrameHeader& h);
+    bool on_data(const wire::FrameHeader& h, const Pieces& payload);
+    /// The stream of DATA frame `h` when it is a chunk not received yet of the transfer in
+    /// progress (header unverified: its slot is empty anyway); else nullptr.
+    Stream* rx_slot(const wire::FrameHeader& h);
+    /// Copies the payload into its slot of `s`; returns its piece hash, taken there (in cache).
+    uint64_t place(Stream& s, const wire::FrameHeader& h, const Pieces& payload);
+    /// A checked chunk of `s`: new (`hash`: its piece hash) or a duplicate (nullptr); acks and
+    /// completion follow.
+    void take_chunk(const wire::FrameHeader& h, Stream& s, const uint64_t* hash);
     Status manifest_arrived();
     void stream_done(Stream& s, size_t index);
     /// Acknowledges what arrived: at once when `force`, else only once kAckEvery frames are
@@ -427,19 +431,15 @@ bool XdpSession::on_frame(const RxFrame& f) {
     // The common case, a new chunk of the transfer being received: copy it to its destination
     // and hash it there, while it is in cache. The slot is empty, so if the check then fails
     // (the frame was corrupted, its header included) nothing is lost: the chunk stays missing.
-    if (uint8_t* dst = rx_slot(h)) {
-        uint8_t* w = dst;
-        for (uint32_t i = 0; i < pieces.count; ++i) {
-            std::memcpy(w, pieces.p[i], pieces.n[i]);
-            w += pieces.n[i];
-        }
-        const uint64_t ph = wire::piece_hash(dst, h.len);
+    if (Stream* s = rx_slot(h)) {
+        const uint64_t ph = place(*s, h, pieces);
         if (wire::frame_check(h, ph) != h.check) {
             ++stats_.dropped_bad_check;
             return false;
         }
         rx_heard_ = true;
-        return on_data(h, pieces, &ph);
+        take_chunk(h, *s, &ph);
+        return false;
     }
     if (wire::frame_check(h, pieces.p, pieces.n, pieces.count) != h.check) {
         ++stats_.dropped_bad_check;
@@ -452,7 +452,7 @@ bool XdpSession::on_frame(const RxFrame& f) {
     rx_heard_ = true;
     switch (h.type) {
     case static_cast<uint8_t>(wire::Frame::kData): {
-        const bool keep = on_data(h, pieces, nullptr);
+        const bool keep = on_data(h, pieces);
         if (keep) {
             early_.push_back(f);
             early_chunks_ += f.n;
@@ -716,7 +716,7 @@ Stream* XdpSession::rx_stream(uint16_t id) {
     return id < rx_streams_.size() ? &rx_streams_[id] : nullptr;
 }
 
-uint8_t* XdpSession::rx_slot(const wire::FrameHeader& h) {
+Stream* XdpSession::rx_slot(const wire::FrameHeader& h) {
     if (h.type != static_cast<uint8_t>(wire::Frame::kData) || h.token != token_ || !receiving_ ||
         h.transfer != last_done_transfer_ + 1)
         return nullptr;
@@ -727,11 +727,20 @@ uint8_t* XdpSession::rx_slot(const wire::FrameHeader& h) {
     if (!s || h.seq >= s->chunks || s->has(h.seq) ||
         h.len != std::min<size_t>(payload_, s->size - size_t(h.seq) * payload_))
         return nullptr;
-    return s->data + size_t(h.seq) * payload_;
+    return s;
 }
 
-bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload,
-                         const uint64_t* placed) {
+uint64_t XdpSession::place(Stream& s, const wire::FrameHeader& h, const Pieces& payload) {
+    uint8_t* const dst = s.data + size_t(h.seq) * payload_;
+    uint8_t* w = dst;
+    for (uint32_t i = 0; i < payload.count; ++i) {
+        std::memcpy(w, payload.p[i], payload.n[i]);
+        w += payload.n[i];
+    }
+    return wire::piece_hash(dst, h.len);
+}
+
+bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload) {
     if (!receiving_ || h.transfer != last_done_transfer_ + 1) {
         if (h.transfer == last_done_transfer_ && last_done_transfer_) {
             redo_done_ = true;  // our DONE was lost: say it again
@@ -767,20 +776,21 @@ bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload,
         ++stats_.dropped_bad_len;
         return false;
     }
-    if (!s->mark(h.seq)) {
+    if (s->has(h.seq)) {
+        take_chunk(h, *s, nullptr);
+    } else {
+        const uint64_t ph = place(*s, h, payload);
+        take_chunk(h, *s, &ph);
+    }
+    return false;
+}
+
+void XdpSession::take_chunk(const wire::FrameHeader& h, Stream& s, const uint64_t* hash) {
+    if (!hash) {
         ++stats_.duplicates;
     } else {
-        uint8_t* dst = s->data + size_t(h.seq) * payload_;
-        if (placed) {
-            s->piece[h.seq] = *placed;
-        } else {
-            uint8_t* w = dst;
-            for (uint32_t i = 0; i < payload.count; ++i) {
-                std::memcpy(w, payload.p[i], payload.n[i]);
-                w += payload.n[i];
-            }
-            s->piece[h.seq] = wire::piece_hash(dst, h.len);
-        }
+        s.mark(h.seq);
+        s.piece[h.seq] = *hash;
         ++stats_.frames_received;
         if (h.stream != kManifestStream) stats_.bytes_received += h.len;
     }
@@ -792,14 +802,13 @@ bool XdpSession::on_data(const wire::FrameHeader& h, const Pieces& payload,
     } else {
         due->second = std::max(due->second, h.seq);
     }
-    if (s->complete()) {
+    if (s.complete()) {
         if (h.stream == kManifestStream) {
             if (!have_manifest_ && rx_error_.is_ok()) rx_error_ = manifest_arrived();
-        } else if (!s->verified) {
-            stream_done(*s, h.stream);
+        } else if (!s.verified) {
+            stream_done(s, h.stream);
         }
     }
-    return false;
 }
 
 Status XdpSession::manifest_arrived() {
