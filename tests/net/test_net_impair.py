@@ -112,3 +112,23 @@ def test_corrupted_sequence_numbers_never_misplace_bytes(lab):
     # drops frames when the fill ring runs dry), and only those: nothing else was impaired.
     bad = srv_done["stats"]["dropped_bad_check"]
     assert moved // 2 < bad <= moved, f"{bad} frames failed the check, {moved} rewritten{ctx}"
+
+
+@pytest.mark.parametrize("spec", ["loss 5%", "corrupt 5%", "duplicate 5%"])
+def test_small_inline_transfers_on_an_impaired_wire(lab, spec):
+    """Transfers small enough to ride inside their manifest frame (test_net_transfer) get the
+    same guarantees: 60 rounds of four tiny objects through a lossy, corrupting or duplicating
+    wire arrive intact, and the impairment hit the frames that carried them."""
+    sizes = [0, 1, 100, 1000]
+    srv, srv_done, cli, cli_done, wire = run_impaired(lab, "xdp", 1500, spec, sizes=sizes,
+                                                      rounds=60)
+    ctx = f"\nwire: {fmt(wire)}\nserver: {fmt(srv_done)}\nclient: {fmt(cli_done)}"
+    check_delivery(srv, srv_done, cli, cli_done, sizes, 60, "xdp")
+    rs, ss = srv_done["stats"], cli_done["stats"]
+    key = {"loss": "lost", "corrupt": "corrupted", "duplicate": "duplicated"}[spec.split()[0]]
+    assert wire["a->b"][key] + wire["b->a"][key] > 0, f"the relay applied no '{spec}'{ctx}"
+    assert ss["frames_sent"] - ss["retransmits"] == 60, f"not one frame per transfer{ctx}"
+    if key == "corrupted":
+        assert rs["dropped_bad_check"] + ss["dropped_bad_check"] > 0, ctx
+    if key == "lost":
+        assert ss["retransmits"] > 0, ctx

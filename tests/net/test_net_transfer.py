@@ -95,3 +95,27 @@ def test_recv_into_wrong_sizes_fails_cleanly(lab, transport):
     assert srv_done["error"]["type"] == "ValueError" or srv_done["error"]["is_oserror"], srv_done
     assert not cli_done["ok"], f"send() reported delivery the peer refused: {cli_done}"
     assert cli_done["error"]["is_oserror"], cli_done
+
+
+# At MTU 1500 an AF_XDP frame carries 1432 payload bytes; a manifest is 8 bytes + 16 per object.
+PAYLOAD_1500 = 1432
+
+
+@pytest.mark.parametrize("sizes,frames", [
+    ([0, 1, 100, 1000], 1),             # 1173 B with the manifest: one frame
+    ([PAYLOAD_1500 - 24], 1),           # exactly one frame
+    ([PAYLOAD_1500 - 23], 2),           # one byte more: manifest frame + data frame
+    ([700, 700], 3),                    # 1448 B: each object in a frame of its own
+], ids=["four-tiny", "fits-exactly", "one-byte-over", "two-over"])
+def test_small_transfers_ride_in_the_manifest(lab, sizes, frames):
+    """A transfer whose manifest and objects fit in one AF_XDP frame sends the objects inside
+    the manifest (one frame, not 1 + objects: most of a small message's latency); one byte
+    more and the objects go in frames of their own. Bytes are checked either way."""
+    rounds = 3
+    net = lab.net(1500)
+    srv, srv_done, cli, cli_done = transfer(lab, net, "xdp", sizes, rounds=rounds)
+    check_delivery(srv, srv_done, cli, cli_done, sizes, rounds, "xdp")
+    st, rs = cli_done["stats"], srv_done["stats"]
+    assert st["frames_sent"] - st["retransmits"] == frames * rounds, st
+    assert rs["frames_received"] == frames * rounds, rs
+    assert rs["bytes_received"] == sum(sizes) * rounds, rs

@@ -23,7 +23,9 @@
 
 namespace chainio::net::wire {
 
-constexpr uint32_t kVersion = 2;  // 2: frame checks and AF_XDP digests built on piece hashes
+// 2: frame checks and AF_XDP digests built on piece hashes; 3: small objects inline in the
+// AF_XDP manifest
+constexpr uint32_t kVersion = 3;
 
 enum class Msg : uint32_t {
     kHello = 1,     ///< JSON: version, token (server), transport, mac, ip, udp_port, queue, mtu
