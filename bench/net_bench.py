@@ -9,7 +9,9 @@ MTU --mtu, 9000 by default) and measures, in one run:
             memory, timed on the sender until the receiver confirmed (ChainIO: send() returns
             once the peer verified every digest); median of --reps repetitions
   latency   ping-pong of 64 B, 512 B, 4 KiB, 64 KiB: send, then receive the same size back;
-            --pp-iters round trips after --pp-warmup, p50/p99 on the sender
+            --pp-iters round trips after --pp-warmup, p50/p99 on the sender; and, as the
+            floor under AF_XDP latency, bench/xsk_raw bouncing one frame of that message
+            (no reliability, both sides busy-polling) for the sizes that fit one frame
 
 for: ChainIO AF_XDP busy-poll, ChainIO AF_XDP blocking, ChainIO TCP, plain kernel TCP sockets
 (sendall/recv_into on the same buffers; the ping-pong also in a spinning non-blocking variant
@@ -62,7 +64,11 @@ VARIANTS = {
 }
 LABELS = {k: v[0] for k, v in VARIANTS.items()}
 LABELS["iperf3"] = "iperf3 (1 stream)"
-COLORS = {"chainio-xdp-busy": "#d62728", "chainio-xdp": "#1f77b4", "chainio-tcp": "#2ca02c",
+# The floor under AF_XDP latency: bench/xsk_raw bouncing one frame (the frame ChainIO sends
+# for a one-object message of that size), both sides busy-polling, no reliability.
+LABELS["xsk-raw"] = "raw AF_XDP frame echo"
+RAW_FRAME_EXTRA = 40 + 8 + 16  # frame header + manifest header + one object record
+COLORS = {"xsk-raw": "#9467bd", "chainio-xdp-busy": "#d62728", "chainio-xdp": "#1f77b4", "chainio-tcp": "#2ca02c",
           "kernel-tcp": "#555555", "kernel-tcp-spin": "#aaaaaa",
           "kernel-tcp-spin-acked": "#dddddd", "iperf3": "#ff7f0e"}
 
@@ -249,6 +255,40 @@ def run_raw(net: "netns.Net", args) -> dict:
             "send": send}
 
 
+def run_raw_pingpong(net: "netns.Net", args) -> list[dict]:
+    """bench/xsk_raw echo in a, ping in b: one frame of RAW_FRAME_EXTRA + size UDP payload
+    bounced back and forth, busy-polling on both sides; sizes that fit one frame."""
+    if not os.path.exists(XSK_RAW):
+        return []
+    mac = netns.sh(["cat", f"/sys/class/net/{net.dev_a}/address"], ns=net.a).stdout.strip()
+    echo = subprocess.Popen(["ip", "netns", "exec", net.a, XSK_RAW, "echo", net.dev_a, "7300",
+                             "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rows = []
+    try:
+        time.sleep(1.0)  # program attached and socket bound
+        for size in args.pp_sizes:
+            if size + RAW_FRAME_EXTRA + 42 > args.mtu + 14:
+                continue  # not one frame: the raw echo has no reliability to split it
+            r = netns.sh(["ip", "netns", "exec", net.b, XSK_RAW, "ping", net.dev_b, "7301", mac,
+                          net.ip_a, "7300", str(size + RAW_FRAME_EXTRA), str(args.pp_iters),
+                          str(args.pp_warmup)], check=False, timeout=120)
+            row = {"variant": "xsk-raw", "size": size, "ok": False}
+            try:
+                out = json.loads(r.stdout.strip().splitlines()[-1])
+                row.update(ok=True, p50_us=out["p50_us"], p99_us=out["p99_us"],
+                           mean_us=out["mean_us"], n=out["n"], lost=out["lost"],
+                           udp_payload=out["udp_payload"],
+                           cpu_us_per_rtt_source=out["cpu_seconds"] / out["n"] * 1e6,
+                           cpu_us_per_rtt_sink=float("nan"))
+            except (ValueError, IndexError, KeyError):
+                row["error"] = {"type": "xsk_raw", "msg": (r.stdout + r.stderr)[-500:]}
+            rows.append(row)
+    finally:
+        echo.terminate()
+        echo.communicate(timeout=30)
+    return rows
+
+
 def load_raw(args, measured: dict | None = None) -> tuple[float | None, str]:
     if args.raw_gbps:
         return args.raw_gbps, "--raw-gbps"
@@ -288,6 +328,7 @@ def targets(bulk: list[dict], lat: list[dict], mtu: int, raw: float | None, raw_
     for size in sorted({r["size"] for r in lat if r["size"] <= 4 * KiB}):
         ours = get(lat, "chainio-xdp-busy", size)
         refs = [r for r in (get(lat, "kernel-tcp", size), get(lat, "kernel-tcp-spin", size)) if r]
+        raw_pp = get(lat, "xsk-raw", size)
         for pct in ("p50", "p99"):
             t = {"target": f"AF_XDP busy-poll {pct} <= 0.5x kernel TCP, {fmt_size(size)}",
                  "need_below": 0.5}
@@ -304,6 +345,19 @@ def targets(bulk: list[dict], lat: list[dict], mtu: int, raw: float | None, raw_
                 if "ratio_vs_confirmed_kernel_tcp" in t:
                     t["detail"] += (f"; vs kernel TCP with confirmations "
                                     f"{t['ratio_vs_confirmed_kernel_tcp']:.2f}x")
+                raw_small = min((r for r in lat if r["variant"] == "xsk-raw" and r["ok"]),
+                                key=lambda r: r["size"], default=None)
+                if raw_pp and raw_small:
+                    # send() returns once the peer confirmed: one ping-pong is two messages and
+                    # two small confirmations (DONE frames), four frame deliveries one after
+                    # the other, so at least a raw echo of the message plus one of a small frame.
+                    floor = raw_pp[f"{pct}_us"] + raw_small[f"{pct}_us"]
+                    t["raw_frame_rtt_us"] = raw_pp[f"{pct}_us"]
+                    t["confirmed_floor_us"] = floor
+                    t["confirmed_floor_vs_reference"] = floor / ref[f"{pct}_us"]
+                    t["detail"] += (f"; raw frame echo {raw_pp[f'{pct}_us']:.1f} us: a confirmed "
+                                    f"exchange (4 deliveries) needs >= {floor:.1f} us = "
+                                    f"{t['confirmed_floor_vs_reference']:.2f}x")
             out.append(t)
     t = {"target": "AF_XDP bulk >= 0.9x raw AF_XDP frame rate (xsk_raw)", "need": 0.9}
     big = max(sizes) if sizes else None
@@ -398,7 +452,7 @@ def plot(payload: dict, png: str) -> None:
     ax1.legend(fontsize=8)
     ax1.set_title("bulk throughput", fontsize=10)
 
-    names = [n for n in VARIANTS if any(r["variant"] == n for r in lat)]
+    names = [n for n in [*VARIANTS, "xsk-raw"] if any(r["variant"] == n for r in lat)]
     psizes = sorted({r["size"] for r in lat})
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
@@ -499,9 +553,17 @@ def main() -> int:
             raw_measured = run_raw(net, args)
             print(f" {raw_measured.get('gbps', 0):.2f} GB/s" if raw_measured["ok"]
                   else f" FAILED: {raw_measured['error'][:300]}", flush=True)
+        raw_pp = []
+        if "chainio-xdp-busy" in wanted and args.pp_sizes:
+            print("raw AF_XDP frame echo (bench/xsk_raw) ...", end="", flush=True)
+            raw_pp = run_raw_pingpong(net, args)
+            print(" " + ", ".join(f"{fmt_size(r['size'])} {r['p50_us']:.1f} us" if r["ok"]
+                                  else f"{fmt_size(r['size'])} FAILED" for r in raw_pp),
+                  flush=True)
     load_after = os.getloadavg()
 
     bulk, lat = summarize(results)
+    lat += raw_pp
     ok_iperf = [r for r in iperfs if r["ok"]]
     iperf = None
     if iperfs:

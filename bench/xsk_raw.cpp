@@ -1,21 +1,30 @@
-// xsk_raw: the raw AF_XDP frame rate of a link, with no reliability on top: the ceiling that
+// xsk_raw: the raw AF_XDP figures of a link, with no reliability on top: the ceilings that
 // net_bench compares ChainIO's AF_XDP transport with. Same program, sockets and frame sizes as the
 // transport (XdpPort, our XDP program), but frames are pre-built once and only recycled.
 //
 //   xsk_raw recv IFNAME PORT SECONDS
 //   xsk_raw send IFNAME SRC_PORT DST_MAC DST_IP DST_PORT PAYLOAD_BYTES|auto SECONDS
+//   xsk_raw echo IFNAME PORT SECONDS
+//   xsk_raw ping IFNAME SRC_PORT DST_MAC DST_IP DST_PORT PAYLOAD_BYTES COUNT WARMUP
 //
-// PAYLOAD auto: the object bytes per frame the transport itself uses at this MTU.
+// recv/send: the frame rate. PAYLOAD auto: the object bytes per frame the transport itself uses
+// at this MTU (plus its frame header).
+// echo/ping: the round trip of one frame, busy-polling on both sides: ping sends a frame of
+// PAYLOAD_BYTES of UDP payload and spins on its RX ring until echo (which spins too) has sent it
+// back with addresses swapped; COUNT timed round trips after WARMUP. echo stops SECONDS after
+// its first frame or after 2 s without one.
 //
-// Each prints one JSON line: frames, bytes (UDP payload), seconds, GB/s, CPU seconds.
+// Each prints one JSON line: frames, bytes (UDP payload), seconds, GB/s or latencies, CPU seconds.
 #include <arpa/inet.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "net/control.h"
 #include "net/wire.h"
@@ -41,74 +50,109 @@ int die(const std::string& what) {
 
 constexpr uint32_t kPktContd = 1;
 
-}  // namespace
+// Hands RX chunks back to the fill ring (the kernel copies the next frames into them).
+void refill(XdpPort& p, const std::vector<uint64_t>& chunks) {
+    uint32_t f = 0;
+    const auto n = static_cast<uint32_t>(chunks.size());
+    if (n && xsk_ring_prod__reserve(&p.fill, n, &f) == n) {
+        for (uint32_t i = 0; i < n; ++i) *xsk_ring_prod__fill_addr(&p.fill, f + i) = chunks[i];
+        xsk_ring_prod__submit(&p.fill, n);
+    }
+}
 
-int main(int argc, char** argv) {
-    if (argc < 5) {
-        std::fprintf(stderr, "usage: xsk_raw recv IFNAME PORT SECONDS | xsk_raw send IFNAME "
-                             "SRC_PORT DST_MAC DST_IP DST_PORT PAYLOAD SECONDS\n");
-        return 2;
+// Frees every completed send chunk (back into p.free_tx).
+void reap(XdpPort& p) {
+    uint32_t idx = 0;
+    const uint32_t n = xsk_ring_cons__peek(&p.comp, 512, &idx);
+    for (uint32_t i = 0; i < n; ++i) p.free_tx.push_back(*xsk_ring_cons__comp_addr(&p.comp, idx + i));
+    if (n) xsk_ring_cons__release(&p.comp, n);
+}
+
+// Copies one frame into free send chunks, posts it as one descriptor per chunk and kicks TX.
+bool send_frame(XdpPort& p, const uint8_t* frame, size_t len) {
+    const auto segs = static_cast<uint32_t>((len + XdpPort::kFrameBytes - 1) / XdpPort::kFrameBytes);
+    uint32_t t = 0;
+    if (p.free_tx.size() < segs || xsk_ring_prod__reserve(&p.tx, segs, &t) != segs) return false;
+    for (uint32_t s = 0; s < segs; ++s) {
+        const uint64_t addr = p.free_tx.back();
+        p.free_tx.pop_back();
+        const size_t n = std::min<size_t>(len - size_t(s) * XdpPort::kFrameBytes, XdpPort::kFrameBytes);
+        std::memcpy(p.frame(addr), frame + size_t(s) * XdpPort::kFrameBytes, n);
+        xdp_desc* d = xsk_ring_prod__tx_desc(&p.tx, t + s);
+        d->addr = addr;
+        d->len = static_cast<uint32_t>(n);
+        d->options = s + 1 < segs ? kPktContd : 0;
     }
-    const std::string mode = argv[1];
-    auto itf = find_interface(0, argv[2]);
-    if (!itf) return die(itf.status().to_string());
-    const bool sg = xdp_needs_sg(itf.value().mtu);
-    const uint16_t port = static_cast<uint16_t>(std::atoi(argv[3]));
-    auto xp = XdpPort::open(itf.value(), 0, port, 16u << 20, sg);
-    if (!xp) return die(xp.status().to_string());
-    XdpPort& p = *xp.value();
-    uint64_t frames = 0, bytes = 0;
-    if (mode == "recv") {
-        const double secs = std::atof(argv[4]);
-        const int64_t start_wait = now_ns();
-        int64_t t0 = 0, last = 0;
-        std::vector<uint64_t> back;
-        // Counts from the first frame until `secs` have passed (or 10 s of nothing).
-        while (true) {
-            const int64_t now = now_ns();
-            if (t0 && now - t0 > int64_t(secs * 1e9)) break;
-            if (!t0 && now - start_wait > 30'000'000'000) break;
-            if (t0 && now - last > 2'000'000'000) break;
-            uint32_t idx = 0;
-            const uint32_t n = xsk_ring_cons__peek(&p.rx, 64, &idx);
-            if (!n) continue;
-            if (!t0) t0 = now;
-            last = now;
-            back.clear();
-            for (uint32_t i = 0; i < n; ++i) {
-                const xdp_desc* d = xsk_ring_cons__rx_desc(&p.rx, idx + i);
-                bytes += d->len;
-                if (!(d->options & kPktContd)) ++frames;
-                back.push_back(d->addr & ~uint64_t(XdpPort::kFrameBytes - 1));
+    xsk_ring_prod__submit(&p.tx, segs);
+    ::sendto(p.fd(), nullptr, 0, MSG_DONTWAIT, nullptr, 0);
+    return true;
+}
+
+// Spins until one whole frame (all its descriptors) is in the RX ring or `deadline` passes;
+// copies it into `out` and returns its length (0 at the deadline).
+size_t recv_frame(XdpPort& p, std::vector<uint8_t>& out, int64_t deadline) {
+    out.clear();
+    std::vector<uint64_t> back;
+    for (;;) {
+        uint32_t idx = 0;
+        if (xsk_ring_cons__peek(&p.rx, 1, &idx) == 1) {
+            const xdp_desc* d = xsk_ring_cons__rx_desc(&p.rx, idx);
+            const uint8_t* data = p.frame(d->addr);
+            out.insert(out.end(), data, data + d->len);
+            const bool last = !(d->options & kPktContd);
+            back.push_back(d->addr & ~uint64_t(XdpPort::kFrameBytes - 1));
+            xsk_ring_cons__release(&p.rx, 1);
+            if (last) {
+                refill(p, back);
+                return out.size();
             }
-            xsk_ring_cons__release(&p.rx, n);
-            uint32_t f = 0;
-            if (xsk_ring_prod__reserve(&p.fill, n, &f) == n) {
-                for (uint32_t i = 0; i < n; ++i) *xsk_ring_prod__fill_addr(&p.fill, f + i) = back[i];
-                xsk_ring_prod__submit(&p.fill, n);
-            }
+            continue;
         }
-        const double dt = double(last - t0) / 1e9;
-        const uint64_t payload = bytes - frames * wire::kL2L4Bytes;
-        std::printf("{\"mode\": \"recv\", \"frames\": %lu, \"payload_bytes\": %lu, \"seconds\": %.4f, "
-                    "\"gbps\": %.4f, \"cpu_seconds\": %.3f, \"sg\": %s}\n",
-                    frames, payload, dt, dt > 0 ? double(payload) / dt / 1e9 : 0.0, cpu_seconds(),
-                    sg ? "true" : "false");
-        return 0;
+        if (now_ns() > deadline) {
+            refill(p, back);
+            return 0;
+        }
     }
-    if (mode != "send" || argc < 9) return die("bad arguments");
-    wire::Endpoint self, peer;
-    std::memcpy(self.mac, itf.value().mac, 6);
-    self.ip = itf.value().ip;
-    self.port = port;
-    if (!mac_from_string(argv[4], peer.mac)) return die("bad MAC");
-    inet_pton(AF_INET, argv[5], &peer.ip);
-    peer.port = static_cast<uint16_t>(std::atoi(argv[6]));
-    const uint32_t payload = std::strcmp(argv[7], "auto") == 0
-                                 ? xdp_payload_for_mtu(itf.value().mtu, sg) +
-                                       static_cast<uint32_t>(sizeof(wire::FrameHeader))
-                                 : static_cast<uint32_t>(std::atoi(argv[7]));
-    const double secs = std::atof(argv[8]);
+}
+
+int run_recv(XdpPort& p, double secs, bool sg) {
+    uint64_t frames = 0, bytes = 0;
+    const int64_t start_wait = now_ns();
+    int64_t t0 = 0, last = 0;
+    std::vector<uint64_t> back;
+    // Counts from the first frame until `secs` have passed (or 2 s of nothing).
+    while (true) {
+        const int64_t now = now_ns();
+        if (t0 && now - t0 > int64_t(secs * 1e9)) break;
+        if (!t0 && now - start_wait > 30'000'000'000) break;
+        if (t0 && now - last > 2'000'000'000) break;
+        uint32_t idx = 0;
+        const uint32_t n = xsk_ring_cons__peek(&p.rx, 64, &idx);
+        if (!n) continue;
+        if (!t0) t0 = now;
+        last = now;
+        back.clear();
+        for (uint32_t i = 0; i < n; ++i) {
+            const xdp_desc* d = xsk_ring_cons__rx_desc(&p.rx, idx + i);
+            bytes += d->len;
+            if (!(d->options & kPktContd)) ++frames;
+            back.push_back(d->addr & ~uint64_t(XdpPort::kFrameBytes - 1));
+        }
+        xsk_ring_cons__release(&p.rx, n);
+        refill(p, back);
+    }
+    const double dt = double(last - t0) / 1e9;
+    const uint64_t payload = bytes - frames * wire::kL2L4Bytes;
+    std::printf("{\"mode\": \"recv\", \"frames\": %lu, \"payload_bytes\": %lu, \"seconds\": %.4f, "
+                "\"gbps\": %.4f, \"cpu_seconds\": %.3f, \"sg\": %s}\n",
+                frames, payload, dt, dt > 0 ? double(payload) / dt / 1e9 : 0.0, cpu_seconds(),
+                sg ? "true" : "false");
+    return 0;
+}
+
+int run_send(XdpPort& p, const wire::Endpoint& self, const wire::Endpoint& peer, uint32_t payload,
+             double secs, bool sg) {
+    uint64_t frames = 0, bytes = 0;
     const size_t frame_bytes = wire::kL2L4Bytes + payload;
     const uint32_t segs = static_cast<uint32_t>((frame_bytes + XdpPort::kFrameBytes - 1) / XdpPort::kFrameBytes);
     // Pre-build every send chunk once: frames are groups of `segs` consecutive chunks.
@@ -159,4 +203,115 @@ int main(int argc, char** argv) {
                 frames, payload, bytes, dt, double(bytes) / dt / 1e9, cpu_seconds() - c0,
                 sg ? "true" : "false");
     return 0;
+}
+
+// Sends every frame back with Ethernet, IPv4 and UDP source and destination swapped (the IPv4
+// checksum is a sum of 16-bit words, so swapping two of them keeps it valid).
+int run_echo(XdpPort& p, double secs) {
+    std::vector<uint8_t> f;
+    uint64_t frames = 0;
+    const int64_t start = now_ns();
+    int64_t first = 0, last = 0;
+    for (;;) {
+        const int64_t now = now_ns();
+        if (first ? now - first > int64_t(secs * 1e9) || now - last > 2'000'000'000
+                  : now - start > 30'000'000'000) {
+            break;
+        }
+        reap(p);
+        if (recv_frame(p, f, now + 100'000'000) < wire::kL2L4Bytes) continue;
+        last = now_ns();
+        if (!first) first = last;
+        uint8_t tmp[6];
+        std::memcpy(tmp, f.data(), 6);
+        std::memcpy(f.data(), f.data() + 6, 6);
+        std::memcpy(f.data() + 6, tmp, 6);
+        uint8_t* ip = f.data() + wire::kEthBytes;
+        std::swap_ranges(ip + 12, ip + 16, ip + 16);
+        uint8_t* udp = ip + wire::kIpBytes;
+        std::swap_ranges(udp, udp + 2, udp + 2);
+        if (send_frame(p, f.data(), f.size())) ++frames;
+    }
+    std::printf("{\"mode\": \"echo\", \"frames\": %lu, \"cpu_seconds\": %.3f}\n", frames,
+                cpu_seconds());
+    return 0;
+}
+
+int run_ping(XdpPort& p, const wire::Endpoint& self, const wire::Endpoint& peer, uint32_t payload,
+             uint32_t count, uint32_t warmup) {
+    std::vector<uint8_t> frame(wire::kL2L4Bytes + payload, 0xa5), reply;
+    wire::build_l2l4(frame.data(), self, peer, payload, 1);
+    std::vector<double> us;
+    us.reserve(count);
+    uint32_t lost = 0;
+    double c0 = 0;
+    for (uint32_t i = 0; i < warmup + count && lost < 10; ++i) {
+        if (i == warmup) c0 = cpu_seconds();
+        reap(p);
+        const int64_t t0 = now_ns();
+        if (!send_frame(p, frame.data(), frame.size())) return die("no free send chunk");
+        const size_t n = recv_frame(p, reply, t0 + 1'000'000'000);
+        const int64_t t1 = now_ns();
+        if (n != frame.size()) {  // lost (or a stray frame): not a sample
+            ++lost;
+            continue;
+        }
+        if (i >= warmup) us.push_back(double(t1 - t0) / 1e3);
+    }
+    if (us.empty()) return die("no reply from the echo side");
+    const double cpu = cpu_seconds() - c0;
+    std::vector<double> sorted = us;
+    std::sort(sorted.begin(), sorted.end());
+    auto pct = [&](double q) { return sorted[std::min(sorted.size() - 1, size_t(q * double(sorted.size())))]; };
+    double sum = 0;
+    for (double v : us) sum += v;
+    std::printf("{\"mode\": \"ping\", \"udp_payload\": %u, \"n\": %zu, \"lost\": %u, \"p50_us\": %.2f, "
+                "\"p99_us\": %.2f, \"mean_us\": %.2f, \"min_us\": %.2f, \"cpu_seconds\": %.3f}\n",
+                payload, us.size(), lost, pct(0.5), pct(0.99), sum / double(us.size()), sorted[0], cpu);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 5) {
+        std::fprintf(stderr,
+                     "usage: xsk_raw recv IFNAME PORT SECONDS\n"
+                     "       xsk_raw send IFNAME SRC_PORT DST_MAC DST_IP DST_PORT PAYLOAD|auto SECONDS\n"
+                     "       xsk_raw echo IFNAME PORT SECONDS\n"
+                     "       xsk_raw ping IFNAME SRC_PORT DST_MAC DST_IP DST_PORT PAYLOAD COUNT WARMUP\n");
+        return 2;
+    }
+    const std::string mode = argv[1];
+    auto itf = find_interface(0, argv[2]);
+    if (!itf) return die(itf.status().to_string());
+    const bool sg = xdp_needs_sg(itf.value().mtu);
+    const uint16_t port = static_cast<uint16_t>(std::atoi(argv[3]));
+    auto xp = XdpPort::open(itf.value(), 0, port, 16u << 20, sg);
+    if (!xp) return die(xp.status().to_string());
+    XdpPort& p = *xp.value();
+    if (mode == "recv") return run_recv(p, std::atof(argv[4]), sg);
+    if (mode == "echo") return run_echo(p, std::atof(argv[4]));
+    const bool ping = mode == "ping";
+    if ((mode != "send" && !ping) || argc < (ping ? 10 : 9)) return die("bad arguments");
+    wire::Endpoint self, peer;
+    std::memcpy(self.mac, itf.value().mac, 6);
+    self.ip = itf.value().ip;
+    self.port = port;
+    if (!mac_from_string(argv[4], peer.mac)) return die("bad MAC");
+    if (inet_pton(AF_INET, argv[5], &peer.ip) != 1) return die("bad IPv4 address");
+    peer.port = static_cast<uint16_t>(std::atoi(argv[6]));
+    const uint32_t payload = std::strcmp(argv[7], "auto") == 0
+                                 ? xdp_payload_for_mtu(itf.value().mtu, sg) +
+                                       static_cast<uint32_t>(sizeof(wire::FrameHeader))
+                                 : static_cast<uint32_t>(std::atoi(argv[7]));
+    if (ping) {
+        if (wire::kL2L4Bytes + payload > size_t(itf.value().mtu) + wire::kEthBytes ||
+            (!sg && wire::kL2L4Bytes + payload > XdpPort::kMaxRxFrame)) {
+            return die("PAYLOAD does not fit one frame at this MTU");
+        }
+        return run_ping(p, self, peer, payload, static_cast<uint32_t>(std::atoi(argv[8])),
+                        static_cast<uint32_t>(std::atoi(argv[9])));
+    }
+    return run_send(p, self, peer, payload, std::atof(argv[8]), sg);
 }
