@@ -54,6 +54,10 @@ PP_SIZES = [64, 512, 4 * KiB, 64 * KiB]
 VARIANTS = {
     "chainio-xdp-busy": ("ChainIO AF_XDP busy-poll", "chainio", "xdp", True, True, []),
     "chainio-xdp": ("ChainIO AF_XDP blocking", "chainio", "xdp", False, True, []),
+    # The same as busy-poll with the objects written in the session's send arena (UMEM) first,
+    # as a seeder's O_DIRECT reads are: frames point at them instead of copying them.
+    "chainio-xdp-arena": ("ChainIO AF_XDP busy, arena", "chainio", "xdp", True, True,
+                          ["--arena-bytes", "ARENA"]),
     "chainio-tcp": ("ChainIO TCP", "chainio", "tcp", False, True, []),
     "kernel-tcp": ("kernel TCP sockets", "kernel", "", False, True, []),
     "kernel-tcp-spin": ("kernel TCP, spinning recv", "kernel", "", True, False, []),
@@ -68,7 +72,7 @@ LABELS["iperf3"] = "iperf3 (1 stream)"
 # for a one-object message of that size), both sides busy-polling, no reliability.
 LABELS["xsk-raw"] = "raw AF_XDP frame echo"
 RAW_FRAME_EXTRA = 40 + 8 + 16  # frame header + manifest header + one object record
-COLORS = {"xsk-raw": "#9467bd", "chainio-xdp-busy": "#d62728", "chainio-xdp": "#1f77b4", "chainio-tcp": "#2ca02c",
+COLORS = {"xsk-raw": "#9467bd", "chainio-xdp-arena": "#8c564b", "chainio-xdp-busy": "#d62728", "chainio-xdp": "#1f77b4", "chainio-tcp": "#2ca02c",
           "kernel-tcp": "#555555", "kernel-tcp-spin": "#aaaaaa",
           "kernel-tcp-spin-acked": "#dddddd", "iperf3": "#ff7f0e"}
 
@@ -98,7 +102,8 @@ def run_variant(net: netns.Net, name: str, args) -> dict:
         common += ["--transport", transport]
     if busy:
         common.append("--busy-poll")
-    common += extra
+    # The send arena holds one bulk point (--bulk-mib).
+    common += [str(args.bulk_mib << 20) if a == "ARENA" else a for a in extra]
     sink = src = None
     res = {"variant": name, "label": label, "plan": plan}
     try:

@@ -37,9 +37,10 @@ def emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
-def filled(nbytes: int) -> np.ndarray:
-    """A buffer of `nbytes` with random contents, every page already faulted in."""
-    buf = np.empty(max(nbytes, 1), dtype=np.uint8)
+def filled(nbytes: int, buf: np.ndarray | None = None) -> np.ndarray:
+    """A buffer of `nbytes` with random contents, every page already faulted in (`buf`: fill
+    the start of that one instead of a new one)."""
+    buf = np.empty(max(nbytes, 1), dtype=np.uint8) if buf is None else buf[:max(nbytes, 1)]
     block = np.random.default_rng(7).integers(0, 256, min(len(buf), 1 << 20), dtype=np.uint8)
     for off in range(0, len(buf), len(block)):
         n = min(len(block), len(buf) - off)
@@ -60,6 +61,8 @@ def chainio_session(args):
     from chainio_torch import _C
 
     kw = dict(transport=args.transport, timeout_ms=args.timeout_ms, busy_poll=args.busy_poll)
+    if args.arena_bytes and args.role == "source":
+        kw["send_arena_bytes"] = args.arena_bytes
     if args.role == "sink":
         L = _C.NetListener(args.ip, args.port, **kw)
         emit({"event": "listening", "port": L.port})
@@ -74,7 +77,15 @@ def chainio_run(args, plan) -> dict:
     s = chainio_session(args)
     out = {"kind": s.kind, "fallback_reason": s.fallback_reason, "bulk": [], "pingpong": []}
     bulk_bytes = max([b["size"] * b["count"] for b in plan["bulk"]], default=0)
-    big = filled(bulk_bytes)
+    if args.arena_bytes and args.role == "source":
+        # The objects live in the session's send arena (UMEM): frames point at them, no copy.
+        arena = np.frombuffer(s, dtype=np.uint8)
+        if arena.size < bulk_bytes:
+            raise RuntimeError(f"send arena is {arena.size} B, the plan needs {bulk_bytes} B "
+                               f"({s.describe()})")
+        big = filled(bulk_bytes, arena)
+    else:
+        big = filled(bulk_bytes)
     mv = memoryview(big)
     for item in plan["bulk"]:
         size, count = item["size"], item["count"]
@@ -234,6 +245,9 @@ def main() -> int:
                     help="kernel ping-pong: each message answered by a 1-byte confirmation, "
                          "like ChainIO's send(), which returns once the peer verified it")
     ap.add_argument("--timeout-ms", type=int, default=10000)
+    ap.add_argument("--arena-bytes", type=int, default=0,
+                    help="ChainIO source: bulk objects in a send arena of this size (UMEM, sent "
+                         "without a copy)")
     ap.add_argument("--plan", required=True)
     args = ap.parse_args()
     plan = json.loads(args.plan)

@@ -161,7 +161,8 @@ py::dict header_dict(const chainio::safetensors::Header& h) {
 // ---- peer transfers (chainio/net.h)
 
 chainio::net::NetOptions net_options(const std::string& transport, const std::string& ifname,
-                                     uint32_t timeout_ms, bool busy_poll) {
+                                     uint32_t timeout_ms, bool busy_poll,
+                                     size_t send_arena_bytes = 0) {
     auto kind = chainio::net::parse_transport(transport);
     if (!kind) raise_status(kind.status());
     chainio::net::NetOptions o;
@@ -169,6 +170,7 @@ chainio::net::NetOptions net_options(const std::string& transport, const std::st
     o.ifname = ifname;
     o.timeout_ms = timeout_ms;
     o.busy_poll = busy_poll;
+    o.send_arena_bytes = send_arena_bytes;
     return o;
 }
 
@@ -431,9 +433,19 @@ PYBIND11_MODULE(_C, m) {
         "[(name, dtype, shape, begin, end)], metadata (dict or None), and the load plan "
         "(shift, buffer_bytes). Malformed files raise ValueError naming file, tensor and reason.");
 
-    py::class_<PySession>(m, "NetSession",
+    py::class_<PySession>(m, "NetSession", py::buffer_protocol(),
                           "A connection to one ChainIO peer: whole objects, digest-checked, over "
-                          "AF_XDP or TCP. Blocking calls release the GIL.")
+                          "AF_XDP or TCP. Blocking calls release the GIL. As a buffer "
+                          "(memoryview(s), numpy.frombuffer(s, numpy.uint8)) it is its send "
+                          "arena: UMEM that send() transmits from without copying, "
+                          "send_arena_bytes long on AF_XDP with multi-buffer frames, else empty. "
+                          "A view keeps the session's memory alive.")
+        .def_buffer([](PySession& self) {
+            const std::span<std::byte> a = self.get().send_arena();
+            return py::buffer_info(a.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                                   {static_cast<py::ssize_t>(a.size())}, {py::ssize_t{1}},
+                                   /*readonly=*/false);
+        })
         .def(
             "send",
             [](PySession& self, const py::list& objects) {
@@ -504,14 +516,17 @@ PYBIND11_MODULE(_C, m) {
 
     py::class_<chainio::net::Listener>(m, "NetListener", "A TCP port accepting ChainIO peers.")
         .def(py::init([](const std::string& ip, uint16_t port, const std::string& transport,
-                         const std::string& ifname, uint32_t timeout_ms, bool busy_poll) {
+                         const std::string& ifname, uint32_t timeout_ms, bool busy_poll,
+                         size_t send_arena_bytes) {
                  auto l = chainio::net::Listener::create(
-                     ip, port, net_options(transport, ifname, timeout_ms, busy_poll));
+                     ip, port,
+                     net_options(transport, ifname, timeout_ms, busy_poll, send_arena_bytes));
                  if (!l) raise_status(l.status());
                  return std::move(l.value());
              }),
              py::arg("ip"), py::arg("port") = 0, py::arg("transport") = "auto",
-             py::arg("ifname") = "", py::arg("timeout_ms") = 5000, py::arg("busy_poll") = false)
+             py::arg("ifname") = "", py::arg("timeout_ms") = 5000, py::arg("busy_poll") = false,
+             py::arg("send_arena_bytes") = 0)
         .def_property_readonly("port", &chainio::net::Listener::port)
         .def(
             "accept",
@@ -530,8 +545,9 @@ PYBIND11_MODULE(_C, m) {
     m.def(
         "net_connect",
         [](const std::string& ip, uint16_t port, const std::string& transport,
-           const std::string& ifname, uint32_t timeout_ms, bool busy_poll) {
-            const auto o = net_options(transport, ifname, timeout_ms, busy_poll);
+           const std::string& ifname, uint32_t timeout_ms, bool busy_poll,
+           size_t send_arena_bytes) {
+            const auto o = net_options(transport, ifname, timeout_ms, busy_poll, send_arena_bytes);
             chainio::Result<std::unique_ptr<chainio::net::Session>> r = Status(EINVAL, "unset");
             {
                 py::gil_scoped_release release;
@@ -542,7 +558,9 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("ip"), py::arg("port"), py::arg("transport") = "auto", py::arg("ifname") = "",
         py::arg("timeout_ms") = 5000, py::arg("busy_poll") = false,
-        "Connect to a NetListener; transport 'auto' uses AF_XDP when both sides can.");
+        py::arg("send_arena_bytes") = 0,
+        "Connect to a NetListener; transport 'auto' uses AF_XDP when both sides can. "
+        "send_arena_bytes: see NetSession's buffer (the send arena).");
 
     m.def(
         "parse_safetensors_header",

@@ -178,12 +178,19 @@ def cmd_send(args) -> dict:
     C = load_c()
     t_conn = time.monotonic()
     try:
-        s = C.net_connect(args.connect, args.port, **net_kwargs(args))
+        s = C.net_connect(args.connect, args.port, **net_kwargs(args),
+                          send_arena_bytes=args.arena_bytes)
     except BaseException as e:
         err = error_info(e)
         err["elapsed_in_call"] = time.monotonic() - t_conn
         return {"ok": False, "rounds": 0, "error": err, "stage": "connect"}
     out = {"rounds": 0, **session_info(s)}
+    arena = None
+    if args.arena_bytes:
+        import numpy as np
+
+        arena = np.frombuffer(s, dtype=np.uint8)  # the send arena: empty without one
+        out["arena_bytes"] = int(arena.size)
     emit({"event": "session", **session_info(s)})
     sizes = parse_sizes(args.sizes)
     rnd = 0
@@ -197,6 +204,14 @@ def cmd_send(args) -> dict:
             key = 0 if args.loop else rnd
             if cached is None or not args.loop:
                 objs = [payload(args.seed, key, i, n) for i, n in enumerate(sizes)]
+                if arena is not None and arena.size >= sum(sizes):
+                    # Write the objects into the arena, back to back, and send those views.
+                    placed, off = [], 0
+                    for o in objs:
+                        arena[off:off + o.size] = o
+                        placed.append(arena[off:off + o.size])
+                        off += o.size
+                    objs = placed
                 digests = [digest(o) for o in objs]
                 cached = (objs, digests)
             objs, digests = cached
@@ -318,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout-ms", type=int, default=5000)
     ap.add_argument("--accept-timeout-ms", type=int, default=20000)
     ap.add_argument("--busy-poll", action="store_true")
+    ap.add_argument("--arena-bytes", type=int, default=0,
+                    help="send: ask for a send arena of this size and send from it")
     ap.add_argument("--sizes", default=None, help="comma list, suffixes K/M/G (KiB...)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--loop", action="store_true", help="repeat until an error (round 0 data)")
