@@ -6,6 +6,8 @@
 #include <fstream>
 #include <string>
 
+#include "test_util.h"
+
 namespace chainio {
 namespace {
 
@@ -45,25 +47,6 @@ TEST(BufferPool, IovecsSplitAtOneGibibyteOnChunkBoundaries) {
     EXPECT_EQ(iovs[0].iov_len, 2u << 20);
 }
 
-// Reserves 2 MiB pages for the duration of a test and gives them back.
-class HugePages {
-public:
-    explicit HugePages(long pages) {
-        std::ifstream in(kPath);
-        in >> old_;
-        std::ofstream(kPath) << old_ + pages;
-        std::ifstream check(kPath);
-        check >> now_;
-    }
-    ~HugePages() { std::ofstream(kPath) << old_; }
-    long reserved() const { return now_ - old_; }
-
-private:
-    static constexpr const char* kPath = "/proc/sys/vm/nr_hugepages";
-    long old_ = 0;
-    long now_ = 0;
-};
-
 TEST(BufferPool, UsesReservedHugePagesAndFallsBackWithout) {
     {
         auto pool = BufferPool::create({.bytes = 8u << 20, .chunk_bytes = 1u << 20});
@@ -75,8 +58,8 @@ TEST(BufferPool, UsesReservedHugePagesAndFallsBackWithout) {
             EXPECT_FALSE(pool.value()->hugetlb()) << "no pages reserved: THP path";
         }
     }
-    HugePages pages(4);
-    if (pages.reserved() < 4) GTEST_SKIP() << "cannot reserve huge pages (not root?)";
+    testing::HugetlbPoolGrowth pages(4);
+    if (pages.added() < 4) GTEST_SKIP() << "cannot reserve huge pages (not root?)";
     auto pool = BufferPool::create({.bytes = 8u << 20, .chunk_bytes = 1u << 20});
     ASSERT_TRUE(pool.is_ok());
     EXPECT_TRUE(pool.value()->hugetlb());

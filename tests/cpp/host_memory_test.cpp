@@ -7,6 +7,8 @@
 #include <optional>
 #include <string>
 
+#include "test_util.h"
+
 namespace chainio {
 namespace {
 
@@ -34,28 +36,6 @@ long own_hugetlb_kb() {
     }
     return -1;
 }
-
-// Adds `pages` 2 MiB pages to the hugetlb pool for the test's lifetime (root only).
-class PoolReservation {
-public:
-    explicit PoolReservation(long pages) {
-        std::ifstream in(kSysctl);
-        if (!(in >> old_)) return;
-        std::ofstream out(kSysctl);
-        if (!(out << old_ + pages) || !out.flush()) return;
-        out.close();
-        ok_ = meminfo("HugePages_Total") >= old_ + pages;
-    }
-    ~PoolReservation() {
-        if (old_ >= 0) std::ofstream(kSysctl) << old_;
-    }
-    bool ok() const { return ok_; }
-
-private:
-    static constexpr const char* kSysctl = "/proc/sys/vm/nr_hugepages";
-    long old_ = -1;
-    bool ok_ = false;
-};
 
 TEST(HostRegion, SmallRegionsArePlainPagesAndWritable) {
     auto r = HostRegion::allocate(5000);
@@ -87,8 +67,8 @@ TEST(HostRegion, WithoutThePoolLargeRegionsAreHugePageAlignedForThp) {
 TEST(HostRegion, TakesPoolPagesWhenThePoolHasRoomAndGivesThemBack) {
     // A wide margin: ctest runs other tests beside this one, and their engines' buffer pools
     // take pool pages too while they run.
-    PoolReservation pool(33 + 256);
-    if (!pool.ok()) GTEST_SKIP() << "cannot grow vm.nr_hugepages here (needs root and free memory)";
+    testing::HugetlbPoolGrowth pool(33 + 256);
+    if (pool.added() < 33 + 256) GTEST_SKIP() << "cannot grow vm.nr_hugepages here (needs root and free memory)";
     const auto before = host_memory_stats();
     const long own0 = own_hugetlb_kb();
     {
@@ -124,8 +104,8 @@ TEST(HostRegion, AShortPoolFallsBackToPlainPagesAndIsCounted) {
 }
 
 TEST(HostRegion, RegionsBelowTheThresholdNeverUseThePool) {
-    PoolReservation pool(4);
-    if (!pool.ok()) GTEST_SKIP() << "cannot grow vm.nr_hugepages here";
+    testing::HugetlbPoolGrowth pool(4);
+    if (pool.added() < 4) GTEST_SKIP() << "cannot grow vm.nr_hugepages here";
     auto r = HostRegion::allocate(4 * kHuge);  // below the 32 MiB default threshold
     ASSERT_TRUE(r.is_ok());
     EXPECT_NE(r.value()->backing(), PageBacking::HugeTlb);

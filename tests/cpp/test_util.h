@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <string>
@@ -14,6 +15,38 @@
 #include <gtest/gtest.h>
 
 namespace chainio::testing {
+
+/// Grows the hugetlb pool (vm.nr_hugepages) by `pages` 2 MiB pages for its lifetime (root
+/// only), then shrinks it by what it added, not back to a remembered value: tests that grow
+/// the pool at the same time (ctest -j) must not undo each other's pages or leave them behind.
+class HugetlbPoolGrowth {
+public:
+    explicit HugetlbPoolGrowth(long pages) {
+        const long before = read();
+        if (before < 0) return;
+        std::ofstream(kSysctl) << before + pages;
+        const long after = read();
+        added_ = after > before ? after - before : 0;
+    }
+    ~HugetlbPoolGrowth() {
+        if (added_ == 0) return;
+        const long now = read();
+        if (now >= added_) std::ofstream(kSysctl) << now - added_;
+    }
+    HugetlbPoolGrowth(const HugetlbPoolGrowth&) = delete;
+    HugetlbPoolGrowth& operator=(const HugetlbPoolGrowth&) = delete;
+    /// Pages actually added (the kernel may grant fewer than asked, or none without root).
+    long added() const { return added_; }
+
+private:
+    static constexpr const char* kSysctl = "/proc/sys/vm/nr_hugepages";
+    static long read() {
+        std::ifstream in(kSysctl);
+        long v = -1;
+        return in >> v ? v : -1;
+    }
+    long added_ = 0;
+};
 
 /// A directory under $TMPDIR (default /var/tmp: a real disk, not tmpfs) removed at destruction.
 class TempDir {
