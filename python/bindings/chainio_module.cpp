@@ -162,7 +162,7 @@ py::dict header_dict(const chainio::safetensors::Header& h) {
 
 chainio::net::NetOptions net_options(const std::string& transport, const std::string& ifname,
                                      uint32_t timeout_ms, bool busy_poll,
-                                     size_t send_arena_bytes = 0) {
+                                     size_t send_arena_bytes = 0, int spin_us = -1) {
     auto kind = chainio::net::parse_transport(transport);
     if (!kind) raise_status(kind.status());
     chainio::net::NetOptions o;
@@ -171,6 +171,7 @@ chainio::net::NetOptions net_options(const std::string& transport, const std::st
     o.timeout_ms = timeout_ms;
     o.busy_poll = busy_poll;
     o.send_arena_bytes = send_arena_bytes;
+    if (spin_us >= 0) o.spin_us = static_cast<uint32_t>(spin_us);
     return o;
 }
 
@@ -517,16 +518,17 @@ PYBIND11_MODULE(_C, m) {
     py::class_<chainio::net::Listener>(m, "NetListener", "A TCP port accepting ChainIO peers.")
         .def(py::init([](const std::string& ip, uint16_t port, const std::string& transport,
                          const std::string& ifname, uint32_t timeout_ms, bool busy_poll,
-                         size_t send_arena_bytes) {
+                         size_t send_arena_bytes, int spin_us) {
                  auto l = chainio::net::Listener::create(
                      ip, port,
-                     net_options(transport, ifname, timeout_ms, busy_poll, send_arena_bytes));
+                     net_options(transport, ifname, timeout_ms, busy_poll, send_arena_bytes,
+                                 spin_us));
                  if (!l) raise_status(l.status());
                  return std::move(l.value());
              }),
              py::arg("ip"), py::arg("port") = 0, py::arg("transport") = "auto",
              py::arg("ifname") = "", py::arg("timeout_ms") = 5000, py::arg("busy_poll") = false,
-             py::arg("send_arena_bytes") = 0)
+             py::arg("send_arena_bytes") = 0, py::arg("spin_us") = -1)
         .def_property_readonly("port", &chainio::net::Listener::port)
         .def(
             "accept",
@@ -546,8 +548,9 @@ PYBIND11_MODULE(_C, m) {
         "net_connect",
         [](const std::string& ip, uint16_t port, const std::string& transport,
            const std::string& ifname, uint32_t timeout_ms, bool busy_poll,
-           size_t send_arena_bytes) {
-            const auto o = net_options(transport, ifname, timeout_ms, busy_poll, send_arena_bytes);
+           size_t send_arena_bytes, int spin_us) {
+            const auto o = net_options(transport, ifname, timeout_ms, busy_poll, send_arena_bytes,
+                                       spin_us);
             chainio::Result<std::unique_ptr<chainio::net::Session>> r = Status(EINVAL, "unset");
             {
                 py::gil_scoped_release release;
@@ -558,9 +561,10 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("ip"), py::arg("port"), py::arg("transport") = "auto", py::arg("ifname") = "",
         py::arg("timeout_ms") = 5000, py::arg("busy_poll") = false,
-        py::arg("send_arena_bytes") = 0,
+        py::arg("send_arena_bytes") = 0, py::arg("spin_us") = -1,
         "Connect to a NetListener; transport 'auto' uses AF_XDP when both sides can. "
-        "send_arena_bytes: see NetSession's buffer (the send arena).");
+        "send_arena_bytes: see NetSession's buffer (the send arena). spin_us: without "
+        "busy_poll, how long an AF_XDP session spins before it sleeps (-1: the default, 20).");
 
     m.def(
         "parse_safetensors_header",

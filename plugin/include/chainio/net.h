@@ -39,6 +39,10 @@ struct NetOptions {
     std::string ifname;
     uint32_t queue = 0;          ///< rx queue the AF_XDP socket binds to
     bool busy_poll = false;      ///< spin on the rings instead of sleeping in io_uring_enter
+    /// AF_XDP without busy_poll: spin this long after the last progress before sleeping in
+    /// io_uring_enter (a wake-up costs ~10 us here; a reply often comes sooner). Environment:
+    /// CHAINIO_SPIN_US overrides it.
+    uint32_t spin_us = 20;
     uint32_t timeout_ms = 5000;  ///< a peer silent this long fails the transfer (-ETIMEDOUT)
     size_t umem_bytes = 16u << 20;  ///< AF_XDP UMEM (half receive, half send), 4 KiB frames
     /// AF_XDP: UMEM added for the caller to fill and send from without a copy (see

@@ -14,7 +14,9 @@
 // one frame together sends the objects inside the manifest (kInlineObjects): one frame instead of
 // 1 + objects, which on a copy-mode link is most of what a small message costs.
 //
-// Everything runs on the calling thread: before it sleeps the ring polls the socket (one-shot,
+// Everything runs on the calling thread. Without busy_poll it spins for NetOptions::spin_us after
+// the last progress (a reply often comes sooner than a wake-up would), then sleeps in
+// io_uring_enter. Before it sleeps the ring polls the socket (one-shot,
 // armed only then: an armed poll makes the peer's softirq wake us for every batch it delivers,
 // even while we are busy with the previous one), its wait timeout is the retransmission timer,
 // and TX is kicked with sendto(MSG_DONTWAIT) (see kick()).
@@ -24,9 +26,11 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 
+#include "log.h"
 #include "net/session_core.h"
 #include "net/transports.h"
 #include "net/xdp_port.h"
@@ -68,6 +72,20 @@ constexpr uint32_t kMaxManifest = 8 + (kManifestStream - 1) * 16;
 // Manifest: u32 object count, u32 flags, then per object {u64 size, u64 digest}; with
 // kInlineObjects the objects' bytes follow, in order (the whole manifest then fits one frame).
 constexpr uint32_t kInlineObjects = 1;
+
+// NetOptions::spin_us, unless CHAINIO_SPIN_US says otherwise.
+int64_t spin_us_from_env(uint32_t spin_us) {
+    const char* env = std::getenv("CHAINIO_SPIN_US");
+    if (env == nullptr || *env == '\0') return spin_us;
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    if (*end != '\0' || v < 0 || v > 1'000'000) {
+        log::once(log::Level::kWarn, "bad-spin-env",
+                  std::string("ignoring CHAINIO_SPIN_US=") + env + ": not 0..1000000");
+        return spin_us;
+    }
+    return v;
+}
 
 
 class XdpSession final : public SessionCore {
@@ -167,6 +185,13 @@ private:
 
     void on_cqe(uint64_t tag, int res, uint32_t flags) override;
     void arm_poll();
+    /// Blocking mode: true once nothing happened for spin_ns_ (then the loop may sleep);
+    /// a loop iteration that made progress restarts the spin.
+    bool spun_enough() {
+        const int64_t now = now_ns();
+        if (spin_start_ns_ == 0) spin_start_ns_ = now;
+        return now - spin_start_ns_ >= spin_ns_;
+    }
     /// Frames in the TX ring that the kernel has not taken yet (copy mode needs more kicks).
     bool tx_backlog() const { return port_->tx.cached_prod != *port_->tx.consumer; }
 
@@ -176,6 +201,8 @@ private:
     uint32_t initial_window_;
     uint16_t ip_id_ = 0;
     bool poll_armed_ = false;
+    int64_t spin_ns_ = spin_us_from_env(options_.spin_us) * 1000;
+    int64_t spin_start_ns_ = 0;  // start of the current run of idle loop iterations
     bool rx_heard_ = false;  // a frame of our session arrived in the batch being processed
     std::vector<uint64_t> recycle_;
 
@@ -703,7 +730,8 @@ Status XdpSession::send(std::span<const Span> objects) {
             break;
         }
         if (st = check_silence("acknowledgements"); !st) break;
-        const bool block = !options_.busy_poll && !progress && !tx_backlog();
+        if (progress) spin_start_ns_ = 0;
+        const bool block = !options_.busy_poll && !progress && !tx_backlog() && spun_enough();
         if (block) arm_poll();
         int64_t wake = now_ns() + 50'000'000;
         if (!fifo_.empty()) {
@@ -957,7 +985,8 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
             return fail(st, false);
         }
         if (st = check_silence(have_manifest_ ? "object bytes" : "a transfer"); !st) break;
-        const bool block = !options_.busy_poll && !progress && !tx_backlog();
+        if (progress) spin_start_ns_ = 0;
+        const bool block = !options_.busy_poll && !progress && !tx_backlog() && spun_enough();
         send_acks(block);  // nothing more to read now: acknowledge before sleeping
         if (block) arm_poll();
         if (st = pump(block, now_ns() + 50'000'000); !st) break;
