@@ -4,7 +4,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
+
+#include "log.h"
 
 namespace chainio::net {
 
@@ -37,8 +40,25 @@ Status peer_gone(const Message& m) {
     return Status(ECONNRESET, "the peer closed the session");
 }
 
+namespace {
+// NetOptions::spin_us, unless CHAINIO_SPIN_US says otherwise.
+int64_t spin_us(uint32_t configured) {
+    const char* env = std::getenv("CHAINIO_SPIN_US");
+    if (env == nullptr || *env == '\0') return configured;
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    if (*end != '\0' || v < 0 || v > 1'000'000) {
+        log::once(log::Level::kWarn, "bad-spin-env",
+                  std::string("ignoring CHAINIO_SPIN_US=") + env + ": not 0..1000000");
+        return configured;
+    }
+    return v;
+}
+}  // namespace
+
 SessionCore::SessionCore(int fd, uint64_t token, const NetOptions& options, std::string fallback)
-    : fd_(fd), token_(token), options_(options), fallback_(std::move(fallback)) {}
+    : fd_(fd), token_(token), options_(options), fallback_(std::move(fallback)),
+      spin_ns_(spin_us(options.spin_us) * 1000) {}
 
 SessionCore::~SessionCore() {
     if (ring_ok_) {
@@ -224,6 +244,7 @@ Status SessionCore::pump(bool may_block, int64_t wake_at_ns) {
         if (!s.is_ok() && st.is_ok()) st = s;
     }
     io_uring_cq_advance(&ring_, seen);
+    if (seen) restart_spin();
     return st;
 }
 

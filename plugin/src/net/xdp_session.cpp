@@ -26,11 +26,9 @@
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
 
-#include "log.h"
 #include "net/session_core.h"
 #include "net/transports.h"
 #include "net/xdp_port.h"
@@ -73,19 +71,6 @@ constexpr uint32_t kMaxManifest = 8 + (kManifestStream - 1) * 16;
 // kInlineObjects the objects' bytes follow, in order (the whole manifest then fits one frame).
 constexpr uint32_t kInlineObjects = 1;
 
-// NetOptions::spin_us, unless CHAINIO_SPIN_US says otherwise.
-int64_t spin_us_from_env(uint32_t spin_us) {
-    const char* env = std::getenv("CHAINIO_SPIN_US");
-    if (env == nullptr || *env == '\0') return spin_us;
-    char* end = nullptr;
-    const long long v = std::strtoll(env, &end, 10);
-    if (*end != '\0' || v < 0 || v > 1'000'000) {
-        log::once(log::Level::kWarn, "bad-spin-env",
-                  std::string("ignoring CHAINIO_SPIN_US=") + env + ": not 0..1000000");
-        return spin_us;
-    }
-    return v;
-}
 
 
 class XdpSession final : public SessionCore {
@@ -185,13 +170,6 @@ private:
 
     void on_cqe(uint64_t tag, int res, uint32_t flags) override;
     void arm_poll();
-    /// Blocking mode: true once nothing happened for spin_ns_ (then the loop may sleep);
-    /// a loop iteration that made progress restarts the spin.
-    bool spun_enough() {
-        const int64_t now = now_ns();
-        if (spin_start_ns_ == 0) spin_start_ns_ = now;
-        return now - spin_start_ns_ >= spin_ns_;
-    }
     /// Frames in the TX ring that the kernel has not taken yet (copy mode needs more kicks).
     bool tx_backlog() const { return port_->tx.cached_prod != *port_->tx.consumer; }
 
@@ -201,8 +179,6 @@ private:
     uint32_t initial_window_;
     uint16_t ip_id_ = 0;
     bool poll_armed_ = false;
-    int64_t spin_ns_ = spin_us_from_env(options_.spin_us) * 1000;
-    int64_t spin_start_ns_ = 0;  // start of the current run of idle loop iterations
     bool rx_heard_ = false;  // a frame of our session arrived in the batch being processed
     std::vector<uint64_t> recycle_;
 
@@ -699,6 +675,7 @@ Status XdpSession::send(std::span<const Span> objects) {
     tx_result_ = Status();
     sending_ = true;
     heard();
+    restart_spin();
     last_ack_ns_ = now_ns();
     Status st;
     for (;;) {
@@ -730,8 +707,8 @@ Status XdpSession::send(std::span<const Span> objects) {
             break;
         }
         if (st = check_silence("acknowledgements"); !st) break;
-        if (progress) spin_start_ns_ = 0;
-        const bool block = !options_.busy_poll && !progress && !tx_backlog() && spun_enough();
+        if (progress) restart_spin();
+        const bool block = !progress && !tx_backlog() && spin_over();
         if (block) arm_poll();
         int64_t wake = now_ns() + 50'000'000;
         if (!fifo_.empty()) {
@@ -965,6 +942,7 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
     rx_error_ = Status();
     receiving_ = true;
     heard();
+    restart_spin();
     // Frames kept before this call belong to this transfer: handle them now.
     {
         replay_early();
@@ -985,8 +963,8 @@ Status XdpSession::recv(const std::function<void*(size_t, size_t)>& place) {
             return fail(st, false);
         }
         if (st = check_silence(have_manifest_ ? "object bytes" : "a transfer"); !st) break;
-        if (progress) spin_start_ns_ = 0;
-        const bool block = !options_.busy_poll && !progress && !tx_backlog() && spun_enough();
+        if (progress) restart_spin();
+        const bool block = !progress && !tx_backlog() && spin_over();
         send_acks(block);  // nothing more to read now: acknowledge before sleeping
         if (block) arm_poll();
         if (st = pump(block, now_ns() + 50'000'000); !st) break;
