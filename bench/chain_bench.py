@@ -421,7 +421,8 @@ def run_ref(name: str, ckpt: dict, net: netns.Net, args) -> dict:
 
 def _run_ref(name: str, ckpt: dict, net: netns.Net, args) -> dict:
     if name == "xsk-raw":
-        r = net_bench.run_raw(net, types.SimpleNamespace(raw_seconds=args.raw_seconds))
+        r = net_bench.run_raw(net, types.SimpleNamespace(raw_seconds=args.raw_seconds,
+                                                           raw_reps=1))
         if not r.get("ok"):
             return {"variant": name, "ok": False, "error": {"type": "xsk_raw",
                                                              "msg": str(r.get("error"))}}
