@@ -474,15 +474,26 @@ TEST(EngineFallback, DirectRefusedByFileSystemFallsBackToBuffered) {
     if (mount("ramfs", mnt.c_str(), "ramfs", 0, nullptr) != 0) {
         GTEST_SKIP() << "cannot mount ramfs: " << std::strerror(errno);
     }
+    // Unmounted before TempDir removes the directory, whatever the assertions below do (a
+    // mount left behind outlives the test and keeps its directory in /var/tmp).
+    struct Unmount {
+        std::string path;
+        ~Unmount() {
+            if (umount(path.c_str()) != 0) umount2(path.c_str(), MNT_DETACH);
+        }
+    } unmount{mnt};
     auto data = pattern(300000, 23);
     std::string path = mnt + "/f";
     write_file(path, data);
-    auto e = Engine::create({.workers = 2});
-    ASSERT_TRUE(e.is_ok());
     std::vector<uint8_t> out(data.size());
-    Status st = e.value()->read_sync({{path, -1, 0, out.size(), out.data()}}, {IoMode::kDirect});
-    EngineStats s = e.value()->stats();
-    umount(mnt.c_str());
+    Status st;
+    EngineStats s;
+    {
+        auto e = Engine::create({.workers = 2});
+        ASSERT_TRUE(e.is_ok());
+        st = e.value()->read_sync({{path, -1, 0, out.size(), out.data()}}, {IoMode::kDirect});
+        s = e.value()->stats();
+    }  // the engine and its open files are gone before the unmount
     ASSERT_TRUE(st.is_ok()) << st.to_string();
     EXPECT_EQ(out, data);
     EXPECT_EQ(s.buffered_ops, s.ops);
