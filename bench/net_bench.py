@@ -242,13 +242,18 @@ def run_raw(net: "netns.Net", args) -> dict:
     return {**mid, "gbps_all": [r["gbps"] for r in ok]}
 
 
+def mac_a(net: "netns.Net") -> str:
+    """The MAC address of side a's veth end (xsk_raw's senders address frames to it)."""
+    return netns.sh(["cat", f"/sys/class/net/{net.dev_a}/address"], ns=net.a).stdout.strip()
+
+
 def run_raw_once(net: "netns.Net", args) -> dict:
     """bench/xsk_raw on the same veth pair: pre-built frames of the transport's size (xsk_raw
     picks it, "auto"), no reliability, sender in b, receiver in a. The receiver's GB/s is the
     raw frame rate."""
     if not os.path.exists(XSK_RAW):
         return {"ok": False, "error": f"{XSK_RAW} missing: run `make build` first"}
-    mac = netns.sh(["cat", f"/sys/class/net/{net.dev_a}/address"], ns=net.a).stdout.strip()
+    mac = mac_a(net)
     secs = str(args.raw_seconds)
     rx = subprocess.Popen(["ip", "netns", "exec", net.a, XSK_RAW, "recv", net.dev_a, "7300", secs],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -275,7 +280,7 @@ def run_raw_pingpong(net: "netns.Net", args) -> list[dict]:
     bounced back and forth, busy-polling on both sides; sizes that fit one frame."""
     if not os.path.exists(XSK_RAW):
         return []
-    mac = netns.sh(["cat", f"/sys/class/net/{net.dev_a}/address"], ns=net.a).stdout.strip()
+    mac = mac_a(net)
     echo = subprocess.Popen(["ip", "netns", "exec", net.a, XSK_RAW, "echo", net.dev_a, "7300",
                              "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rows = []

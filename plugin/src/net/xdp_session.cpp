@@ -71,8 +71,6 @@ constexpr uint32_t kMaxManifest = 8 + (kManifestStream - 1) * 16;
 // kInlineObjects the objects' bytes follow, in order (the whole manifest then fits one frame).
 constexpr uint32_t kInlineObjects = 1;
 
-
-
 class XdpSession final : public SessionCore {
 public:
     XdpSession(int fd, uint64_t token, const NetOptions& o, std::unique_ptr<XdpPort> port,
