@@ -15,6 +15,13 @@
 // its first frame or after 2 s without one.
 //
 // Each prints one JSON line: frames, bytes (UDP payload), seconds, GB/s or latencies, CPU seconds.
+//
+// XSK_RAW_WORK=copy+hash (recv and send): the frames also carry the per-byte work that ChainIO's
+// transport cannot skip, with nothing else of it (no ACKs, windows or retransmissions): the
+// sender hashes each 256 MiB object once (xxh3 per frame payload, as its manifest digest needs)
+// and then copies every frame's payload from that object into the frame; the receiver copies
+// every payload out into a 256 MiB destination and hashes it there. The rate that leaves is the
+// ceiling for a transport that checks every byte end to end on this link.
 #include <arpa/inet.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -122,8 +129,28 @@ size_t recv_frame(XdpPort& p, std::vector<uint8_t>& out, int64_t deadline) {
     }
 }
 
+// XSK_RAW_WORK=copy+hash: see the top of the file.
+bool work_mode() {
+    const char* w = std::getenv("XSK_RAW_WORK");
+    return w && std::strcmp(w, "copy+hash") == 0;
+}
+
+constexpr size_t kWorkObject = size_t(256) << 20;
+
+// A pre-faulted object-sized buffer for the copy+hash work.
+std::vector<uint8_t> work_buffer() {
+    std::vector<uint8_t> b(kWorkObject);
+    for (size_t i = 0; i < b.size(); i += 4096) b[i] = static_cast<uint8_t>(i >> 12);
+    return b;
+}
+
 int run_recv(XdpPort& p, double secs, bool sg) {
     uint64_t frames = 0, bytes = 0;
+    const bool work = work_mode();
+    std::vector<uint8_t> dst = work ? work_buffer() : std::vector<uint8_t>();
+    size_t at = 0, piece_start = 0;  // where the next payload goes in dst, and its frame's
+    bool at_frame_start = true;
+    uint64_t sink = 0;  // keeps the hashes alive
     const int64_t start_wait = now_ns();
     int64_t t0 = 0, last = 0;
     std::vector<uint64_t> back;
@@ -142,18 +169,35 @@ int run_recv(XdpPort& p, double secs, bool sg) {
         for (uint32_t i = 0; i < n; ++i) {
             const xdp_desc* d = xsk_ring_cons__rx_desc(&p.rx, idx + i);
             bytes += d->len;
+            if (work) {
+                // The payload: the chunk minus the headers in a frame's first chunk.
+                const size_t skip = at_frame_start ? wire::kL2L4Bytes : 0;
+                const size_t len = d->len > skip ? d->len - skip : 0;
+                if (at + len > dst.size()) {
+                    sink += wire::object_digest(dst.data() + piece_start, at - piece_start);
+                    at = piece_start = 0;
+                }
+                std::memcpy(dst.data() + at, p.frame(d->addr) + skip, len);
+                at += len;
+                at_frame_start = !(d->options & kPktContd);
+                if (at_frame_start) {  // a frame's payload complete: hash it in place
+                    sink += wire::piece_hash(dst.data() + piece_start, at - piece_start);
+                    piece_start = at;
+                }
+            }
             if (!(d->options & kPktContd)) ++frames;
             back.push_back(d->addr & ~uint64_t(XdpPort::kFrameBytes - 1));
         }
         xsk_ring_cons__release(&p.rx, n);
         refill(p, back.data(), static_cast<uint32_t>(back.size()));
     }
+    if (sink == 1) std::fprintf(stderr, " ");  // never: uses the hashes
     const double dt = double(last - t0) / 1e9;
     const uint64_t payload = bytes - frames * wire::kL2L4Bytes;
     std::printf("{\"mode\": \"recv\", \"frames\": %lu, \"payload_bytes\": %lu, \"seconds\": %.4f, "
-                "\"gbps\": %.4f, \"cpu_seconds\": %.3f, \"sg\": %s}\n",
+                "\"gbps\": %.4f, \"cpu_seconds\": %.3f, \"sg\": %s, \"work\": \"%s\"}\n",
                 frames, payload, dt, dt > 0 ? double(payload) / dt / 1e9 : 0.0, cpu_seconds(),
-                sg ? "true" : "false");
+                sg ? "true" : "false", work ? "copy+hash" : "none");
     return 0;
 }
 
@@ -170,6 +214,11 @@ int run_send(XdpPort& p, const wire::Endpoint& self, const wire::Endpoint& peer,
     }
     std::vector<uint32_t> free_groups;
     for (size_t g = 0; g < groups; ++g) free_groups.push_back(static_cast<uint32_t>(g));
+    const bool work = work_mode();
+    std::vector<uint8_t> src = work ? work_buffer() : std::vector<uint8_t>();
+    std::vector<uint64_t> pieces;
+    size_t objects = 0;     // digest passes made
+    size_t at = src.size();  // the next payload's offset in src; the end: hash the next object
     const int64_t t0 = now_ns();
     const double c0 = cpu_seconds();
     while (now_ns() - t0 < int64_t(secs * 1e9)) {
@@ -189,6 +238,23 @@ int run_send(XdpPort& p, const wire::Endpoint& self, const wire::Endpoint& peer,
             if (xsk_ring_prod__reserve(&p.tx, segs, &t) != segs) break;
             const uint32_t g = free_groups.back();
             free_groups.pop_back();
+            if (work) {
+                if (at + payload > src.size()) {  // a new object: its digest pass
+                    pieces.clear();
+                    for (size_t o = 0; o + payload <= src.size(); o += payload)
+                        pieces.push_back(wire::piece_hash(src.data() + o, payload));
+                    at = 0;
+                    ++objects;
+                }
+                size_t done = 0;
+                for (uint32_t s = 0; done < payload; ++s) {
+                    const size_t skip = s == 0 ? wire::kL2L4Bytes : 0;
+                    const size_t n = std::min<size_t>(XdpPort::kFrameBytes - skip, payload - done);
+                    std::memcpy(p.frame(pool[g * segs + s]) + skip, src.data() + at + done, n);
+                    done += n;
+                }
+                at += payload;
+            }
             size_t left = frame_bytes;
             for (uint32_t s = 0; s < segs; ++s) {
                 xdp_desc* d = xsk_ring_prod__tx_desc(&p.tx, t + s);
@@ -206,9 +272,10 @@ int run_send(XdpPort& p, const wire::Endpoint& self, const wire::Endpoint& peer,
     }
     const double dt = double(now_ns() - t0) / 1e9;
     std::printf("{\"mode\": \"send\", \"frames\": %lu, \"udp_payload\": %u, \"payload_bytes\": %lu, "
-                "\"seconds\": %.4f, \"gbps\": %.4f, \"cpu_seconds\": %.3f, \"sg\": %s}\n",
+                "\"seconds\": %.4f, \"gbps\": %.4f, \"cpu_seconds\": %.3f, \"sg\": %s, "
+                "\"work\": \"%s\", \"objects_hashed\": %zu}\n",
                 frames, payload, bytes, dt, double(bytes) / dt / 1e9, cpu_seconds() - c0,
-                sg ? "true" : "false");
+                sg ? "true" : "false", work ? "copy+hash" : "none", objects);
     return 0;
 }
 
