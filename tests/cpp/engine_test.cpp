@@ -190,6 +190,9 @@ TEST_P(EngineTest, PermissionDeniedIsEacces) {
     opt.workers = 1;
     opt.backend = GetParam().backend;
     opt.pool_bytes = 1 << 20;
+    // No thread may run at the fork (see run_in_child): the fixture's engine has 2-8 of them,
+    // and under ASan one still starting held the allocator's lock into the child (a hang).
+    engine_.reset();
     int rc = run_in_child([&] {
         if (setresgid(nobody->pw_gid, nobody->pw_gid, nobody->pw_gid) != 0 ||
             setresuid(nobody->pw_uid, nobody->pw_uid, nobody->pw_uid) != 0) {

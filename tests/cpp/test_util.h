@@ -111,6 +111,9 @@ inline std::vector<uint8_t> pread_ref(const std::string& path, uint64_t off, siz
 /// Runs `body` in a forked child and returns its exit status (for tests that must change
 /// process-wide state: seccomp filters, credentials, rlimits). gtest assertions don't cross the
 /// fork: the body returns an exit code, 0 meaning success, and prints what went wrong.
+/// Call it with no other thread running: a lock another thread holds at the fork (the ASan
+/// allocator's, for one, taken by threads that are still starting) stays held in the child
+/// forever, and the child hangs.
 inline int run_in_child(const std::function<int()>& body) {
     fflush(nullptr);
     pid_t pid = fork();
