@@ -200,6 +200,7 @@ py::dict net_stats_dict(const chainio::net::NetStats& s) {
     d["dropped_stale"] = s.dropped_stale;
     d["kicks"] = s.kicks;
     d["ring_enters"] = s.ring_enters;
+    d["recv_probes"] = s.recv_probes;
     d["timeouts_fired"] = s.timeouts_fired;
     d["xsk_rx_dropped"] = s.xsk_rx_dropped;
     d["xsk_rx_ring_full"] = s.xsk_rx_ring_full;

@@ -142,6 +142,30 @@ def test_send_arena_from_python(lab, transport, mtu):
         assert st["frames_zero_copy"] == 0, st
 
 
+def test_tcp_sessions_probe_their_socket_while_they_spin(lab):
+    """A TCP session without busy-poll spins NetOptions::spin_us (CHAINIO_SPIN_US) after its
+    last progress too: it reads the socket with RECVs that complete at once (recv_probes counts
+    those that found nothing) before it arms one that waits, since a waiting RECV completes
+    through io_uring's task work, later than a reply usually comes. With 0 it never probes;
+    with 100 ms both sides wait for everything by probing. The bytes arrive intact both ways,
+    with several control messages arriving together (a DONE and the next manifest)."""
+    rounds, sizes = 20, [1000, 70000]
+    probes = {}
+    for spin in ("0", "100000"):
+        net = lab.net(1500)
+        env = {"CHAINIO_SPIN_US": spin}
+        srv, port = lab.serve(net, "tcp", "--sizes", sizes_arg(sizes), "--rounds", str(rounds),
+                              env=env)
+        cli = lab.send(net, port, "tcp", "--sizes", sizes_arg(sizes), "--rounds", str(rounds),
+                       env=env)
+        _, cli_done = cli.result(60)
+        _, srv_done = srv.result(60)
+        check_delivery(srv, srv_done, cli, cli_done, sizes, rounds, "tcp")
+        probes[spin] = (cli_done["stats"]["recv_probes"], srv_done["stats"]["recv_probes"])
+    assert probes["0"] == (0, 0), probes
+    assert probes["100000"][0] >= rounds and probes["100000"][1] >= rounds, probes
+
+
 def test_blocking_sessions_spin_before_they_sleep(lab):
     """Without busy-poll an AF_XDP session spins NetOptions::spin_us (CHAINIO_SPIN_US) after
     its last progress before it sleeps in io_uring_enter. With 0 a wait for the peer's ACKs or

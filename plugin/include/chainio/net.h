@@ -39,8 +39,9 @@ struct NetOptions {
     std::string ifname;
     uint32_t queue = 0;          ///< rx queue the AF_XDP socket binds to
     bool busy_poll = false;      ///< spin on the rings instead of sleeping in io_uring_enter
-    /// AF_XDP without busy_poll: spin this long after the last progress before sleeping in
-    /// io_uring_enter (a wake-up costs ~10 us here; a reply often comes sooner). Environment:
+    /// Without busy_poll: spin this long after the last progress before sleeping in
+    /// io_uring_enter (a wake-up costs ~10 us here; a reply often comes sooner). AF_XDP spins on
+    /// its rings; TCP probes its socket with RECVs that complete at once. Environment:
     /// CHAINIO_SPIN_US overrides it.
     uint32_t spin_us = 20;
     uint32_t timeout_ms = 5000;  ///< a peer silent this long fails the transfer (-ETIMEDOUT)
@@ -73,6 +74,7 @@ struct NetStats {
     uint64_t dropped_stale = 0;     ///< frames of a finished transfer (dropped)
     uint64_t kicks = 0;             ///< TX wakeups (sendmsg on the AF_XDP socket)
     uint64_t ring_enters = 0;       ///< io_uring_enter calls made by the session's ring
+    uint64_t recv_probes = 0;       ///< TCP: non-blocking RECVs that found nothing (spinning)
     uint64_t timeouts_fired = 0;    ///< retransmission timer expirations
     // The kernel's counters of the AF_XDP socket (XDP_STATISTICS); 0 on TCP.
     uint64_t xsk_rx_dropped = 0;         ///< frames the kernel dropped for us (no room, too big)

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -75,6 +76,7 @@ Status SessionCore::start() {
     if (int err = io_uring_queue_init(256, &ring_, 0); err < 0)
         return Status(err, "io_uring_queue_init for the session");
     ring_ok_ = true;
+    stage_.resize(kStageBytes);
     heard();
     return {};
 }
@@ -89,36 +91,58 @@ io_uring_sqe* SessionCore::sqe() {
     return s;  // 256 entries and a handful of ops in flight: never null after a submit
 }
 
-void SessionCore::arm_recv() {
+void SessionCore::arm_recv(bool probe) {
     if (recv_armed_ || closed_ || !broken_.is_ok()) return;
     uint8_t* p;
     size_t want;
-    if (!in_body_) {
-        p = reinterpret_cast<uint8_t*>(&rx_header_) + rx_got_;
-        want = sizeof(rx_header_) - rx_got_;
-    } else {
+    recv_direct_ = in_body_ && stage_lo_ == stage_hi_ && rx_header_.len - rx_got_ >= kDirectBytes;
+    if (recv_direct_) {
         p = (rx_target_ ? rx_target_ : rx_body_.data()) + rx_got_;
         want = rx_header_.len - rx_got_;
+    } else {
+        if (stage_lo_ == stage_hi_) {
+            stage_lo_ = stage_hi_ = 0;
+        } else if (stage_lo_) {
+            std::memmove(stage_.data(), stage_.data() + stage_lo_, stage_hi_ - stage_lo_);
+            stage_hi_ -= stage_lo_;
+            stage_lo_ = 0;
+        }
+        // Full: the caller has a message to take first (a RECV of 0 bytes would read as the
+        // peer's close).
+        if (stage_hi_ == stage_.size()) return;
+        p = stage_.data() + stage_hi_;
+        want = stage_.size() - stage_hi_;
     }
     io_uring_sqe* s = sqe();
-    io_uring_prep_recv(s, fd_, p, want, MSG_WAITALL);
+    // A probe takes what is there (io_uring answers -EAGAIN for MSG_DONTWAIT instead of
+    // waiting). A waiting RECV into the staging buffer returns what the first segment brings;
+    // one into a body's place waits for all of it.
+    io_uring_prep_recv(s, fd_, p, want, probe ? MSG_DONTWAIT : recv_direct_ ? MSG_WAITALL : 0);
     io_uring_sqe_set_data64(s, kCtlRecv);
     recv_armed_ = true;
+    recv_probe_ = probe;
     ++inflight_ops_;
 }
 
 void SessionCore::arm_send() {
     if (send_armed_ || out_.empty() || !broken_.is_ok()) return;
-    Out& o = out_.front();
+    // Deque elements stay where they are while others are pushed behind them, so the iovecs
+    // (headers and SSO bodies included) stay valid until the completion.
     int n = 0;
-    const size_t hb = sizeof(o.header);
-    if (o.sent < hb) {
-        send_iov_[n++] = {reinterpret_cast<uint8_t*>(&o.header) + o.sent, hb - o.sent};
-    }
-    const size_t body_done = o.sent > hb ? o.sent - hb : 0;
-    const uint8_t* body = o.body ? o.body : reinterpret_cast<const uint8_t*>(o.owned.data());
-    if (o.body_len > body_done) {
-        send_iov_[n++] = {const_cast<uint8_t*>(body) + body_done, o.body_len - body_done};
+    size_t bytes = 0;
+    for (Out& o : out_) {
+        const size_t left = sizeof(o.header) + o.body_len - o.sent;
+        if (n + 2 > kSendIov || (n && bytes + left > kCoalesceBytes)) break;
+        bytes += left;
+        const size_t hb = sizeof(o.header);
+        if (o.sent < hb) {
+            send_iov_[n++] = {reinterpret_cast<uint8_t*>(&o.header) + o.sent, hb - o.sent};
+        }
+        const size_t body_done = o.sent > hb ? o.sent - hb : 0;
+        const uint8_t* body = o.body ? o.body : reinterpret_cast<const uint8_t*>(o.owned.data());
+        if (o.body_len > body_done) {
+            send_iov_[n++] = {const_cast<uint8_t*>(body) + body_done, o.body_len - body_done};
+        }
     }
     send_msg_ = {};
     send_msg_.msg_iov = send_iov_;
@@ -162,27 +186,58 @@ Status SessionCore::on_recv(int res) {
     if (res == 0) return Status(ECONNRESET, "the peer closed the connection");
     if (res < 0) return Status(res, "control channel receive");
     heard();
-    rx_got_ += static_cast<size_t>(res);
-    if (!in_body_) {
-        if (rx_got_ < sizeof(rx_header_)) return {};
-        const auto type = static_cast<wire::Msg>(rx_header_.type);
-        if (type != wire::Msg::kData && rx_header_.len > wire::kMaxControlBody)
-            return Status(EPROTO, "control message of " + std::to_string(rx_header_.len) + " B");
-        in_body_ = true;
-        rx_got_ = 0;
-        rx_target_ = nullptr;
-        if (type == wire::Msg::kData) {
-            rx_target_ = data_target(rx_header_);
-            if (!rx_target_)
-                return Status(EPROTO, "data message outside the current transfer (transfer/stream "
-                                      "or offset out of range)");
-        } else {
-            rx_body_.assign(rx_header_.len, 0);
-        }
-        if (rx_header_.len != 0) return {};
-    } else if (rx_got_ < rx_header_.len) {
-        return {};
+    if (recv_direct_) {
+        rx_got_ += static_cast<size_t>(res);
+        return rx_got_ < rx_header_.len ? Status() : end_body();
     }
+    stage_hi_ += static_cast<size_t>(res);
+    return parse_staged();
+}
+
+Status SessionCore::parse_staged() {
+    while (inbox_.empty()) {
+        const size_t avail = stage_hi_ - stage_lo_;
+        if (!in_body_) {
+            if (avail < sizeof(rx_header_)) return {};
+            std::memcpy(&rx_header_, stage_.data() + stage_lo_, sizeof(rx_header_));
+            stage_lo_ += sizeof(rx_header_);
+            ++parsed_;
+            CHAINIO_RETURN_IF_ERROR(begin_body());
+            if (rx_header_.len == 0) CHAINIO_RETURN_IF_ERROR(end_body());
+            continue;
+        }
+        if (!avail) return {};
+        const size_t n = std::min(avail, size_t(rx_header_.len) - rx_got_);
+        std::memcpy((rx_target_ ? rx_target_ : rx_body_.data()) + rx_got_,
+                    stage_.data() + stage_lo_, n);
+        stage_lo_ += n;
+        rx_got_ += n;
+        ++parsed_;
+        if (rx_got_ < rx_header_.len) return {};
+        CHAINIO_RETURN_IF_ERROR(end_body());
+    }
+    return {};
+}
+
+Status SessionCore::begin_body() {
+    const auto type = static_cast<wire::Msg>(rx_header_.type);
+    if (type != wire::Msg::kData && rx_header_.len > wire::kMaxControlBody)
+        return Status(EPROTO, "control message of " + std::to_string(rx_header_.len) + " B");
+    in_body_ = true;
+    rx_got_ = 0;
+    rx_target_ = nullptr;
+    if (type == wire::Msg::kData) {
+        rx_target_ = data_target(rx_header_);
+        if (!rx_target_)
+            return Status(EPROTO, "data message outside the current transfer (transfer/stream "
+                                  "or offset out of range)");
+    } else {
+        rx_body_.assign(rx_header_.len, 0);
+    }
+    return {};
+}
+
+Status SessionCore::end_body() {
     in_body_ = false;
     rx_got_ = 0;
     if (static_cast<wire::Msg>(rx_header_.type) == wire::Msg::kData) return on_data(rx_header_);
@@ -199,20 +254,33 @@ Status SessionCore::on_send(int res) {
             return Status(ECONNRESET, "the peer closed the connection");
         return Status(res, "control channel send");
     }
-    Out& o = out_.front();
-    o.sent += static_cast<size_t>(res);
     if (count_sends_as_heard_) heard();
-    if (o.sent == sizeof(o.header) + o.body_len) {
-        out_bytes_ -= o.sent;
+    // The bytes written cover whole messages from the front, then maybe part of one.
+    size_t left = static_cast<size_t>(res);
+    while (left && !out_.empty()) {
+        Out& o = out_.front();
+        const size_t total = sizeof(o.header) + o.body_len;
+        const size_t take = std::min(left, total - o.sent);
+        o.sent += take;
+        left -= take;
+        if (o.sent < total) break;
+        out_bytes_ -= total;
         out_.pop_front();
     }
     return {};
 }
 
 Status SessionCore::pump(bool may_block, int64_t wake_at_ns) {
-    arm_recv();
+    // Bytes staged earlier, left while the caller had a message to take first. (Parsing only
+    // moves stage_lo_, so a RECV into the staging buffer's tail may be in flight meanwhile.)
+    const uint64_t parsed_before = parsed_;
+    if (stage_lo_ != stage_hi_ && !(recv_armed_ && recv_direct_) && broken_.is_ok()) {
+        if (Status st = parse_staged(); !st) return st;
+    }
+    const bool probe = probe_recv_ && !spin_over();
+    arm_recv(probe);
     arm_send();
-    if (may_block) {
+    if (may_block && parsed_ == parsed_before && !(recv_armed_ && recv_probe_)) {
         int64_t left = wake_at_ns - now_ns();
         if (left < 0) left = 0;
         __kernel_timespec ts{left / 1'000'000'000, left % 1'000'000'000};
@@ -226,13 +294,17 @@ Status SessionCore::pump(bool may_block, int64_t wake_at_ns) {
         ++stats_.ring_enters;
     }
     Status st;
-    unsigned head, seen = 0;
+    unsigned head, seen = 0, progress = 0;
     io_uring_cqe* cqe;
     io_uring_for_each_cqe(&ring_, head, cqe) {
         ++seen;
         const uint64_t tag = io_uring_cqe_get_data64(cqe);
         const int res = cqe->res;
         const uint32_t flags = cqe->flags;
+        if ((tag & 0xff) == kCtlRecv && res == -EAGAIN)
+            ++stats_.recv_probes;  // a probe that found nothing: not progress
+        else
+            ++progress;
         if (tag != kCancel && !(flags & IORING_CQE_F_MORE)) --inflight_ops_;
         Status s;
         switch (tag & 0xff) {
@@ -244,7 +316,7 @@ Status SessionCore::pump(bool may_block, int64_t wake_at_ns) {
         if (!s.is_ok() && st.is_ok()) st = s;
     }
     io_uring_cq_advance(&ring_, seen);
-    if (seen) restart_spin();
+    if (progress) restart_spin();
     return st;
 }
 

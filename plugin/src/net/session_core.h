@@ -79,10 +79,9 @@ protected:
     void heard() { last_heard_ns_ = now_ns(); }
     /// Whether a waiting loop may sleep now: never with busy_poll; otherwise once it has spun
     /// for NetOptions::spin_us since restart_spin() (its last progress; pump() restarts it for
-    /// every completion it dispatches). A reply often comes sooner than a wake-up would. Used
-    /// by the AF_XDP loop, whose frames are visible in user space while it spins; the TCP
-    /// transport's bytes arrive as io_uring completions, which spinning did not hasten (its
-    /// 64 B ping-pong stayed at 66-74 us with a 20-50 us spin, with or without GETEVENTS).
+    /// every completion it dispatches but a probe that found nothing). A reply often comes
+    /// sooner than a wake-up would. The AF_XDP loop spins on its rings; pump() itself spins for
+    /// TCP, probing the socket (probe_recv_).
     bool spin_over() const {
         return !options_.busy_poll && now_ns() - spin_start_ns_ >= spin_ns_;
     }
@@ -102,6 +101,11 @@ protected:
     uint32_t inflight_ops_ = 0;  ///< SQEs submitted whose final CQE has not arrived
     /// TCP: a completed send means the peer's kernel took the bytes, so it counts as contact.
     bool count_sends_as_heard_ = false;
+    /// TCP: while spinning (busy_poll, or within spin_us of the last progress) read the control
+    /// channel with RECVs that complete at once, data or -EAGAIN, instead of one that waits. A
+    /// waiting RECV completes through io_uring's poll and task-work path when the bytes come,
+    /// slower than the peer's reply usually is; a probe finds the bytes in the socket itself.
+    bool probe_recv_ = false;
 
 private:
     struct Out {
@@ -111,20 +115,43 @@ private:
         size_t body_len = 0;
         size_t sent = 0;  ///< bytes of header + body already written
     };
-    void arm_recv();
+    /// `probe`: MSG_DONTWAIT, completes at once (see probe_recv_).
+    void arm_recv(bool probe);
     void arm_send();
     Status on_recv(int res);
     Status on_send(int res);
+    /// Takes what the staging buffer holds: headers, control bodies and the first bytes of
+    /// DATA bodies. Stops while a control message waits in the inbox (a DATA header that
+    /// follows a manifest can be placed only once the caller has taken the manifest).
+    Status parse_staged();
+    /// A header was read: where its body goes.
+    Status begin_body();
+    /// The body of rx_header_ is complete.
+    Status end_body();
     io_uring_sqe* sqe();
 
+    // Sending: one SENDMSG carries the queued messages up to kSendIov iovecs and, past the
+    // first, kCoalesceBytes, so a DONE, a manifest and a small object leave in one call while
+    // a large body still goes on its own (a single SENDMSG of several MiB was slower).
+    static constexpr int kSendIov = 16;
+    static constexpr size_t kCoalesceBytes = 64u << 10;
     std::deque<Out> out_;
     size_t out_bytes_ = 0;
     bool send_armed_ = false;
     msghdr send_msg_{};
-    iovec send_iov_[2]{};
+    iovec send_iov_[kSendIov]{};
 
-    // Reading a message: the header, then the body into rx_body_ or a data target.
+    // Receiving: RECV into a staging buffer, so that one completion can bring several small
+    // messages (a DONE, then the next manifest and its bytes). The rest of a body of at least
+    // kDirectBytes is read straight into its place, with no copy.
+    static constexpr size_t kStageBytes = 16u << 10;
+    static constexpr size_t kDirectBytes = 4096;
     bool recv_armed_ = false;
+    bool recv_probe_ = false;   ///< the armed RECV is a probe
+    bool recv_direct_ = false;  ///< the armed RECV writes into the body's place
+    std::vector<uint8_t> stage_;
+    size_t stage_lo_ = 0, stage_hi_ = 0;  ///< unparsed bytes: stage_[lo, hi)
+    uint64_t parsed_ = 0;  ///< headers and body pieces taken from the staging buffer
     bool in_body_ = false;
     wire::MsgHeader rx_header_{};
     size_t rx_got_ = 0;

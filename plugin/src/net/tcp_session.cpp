@@ -18,6 +18,7 @@ public:
     TcpSession(int fd, uint64_t token, const NetOptions& o, std::string fallback)
         : SessionCore(fd, token, o, std::move(fallback)) {
         count_sends_as_heard_ = true;
+        probe_recv_ = true;
     }
     ~TcpSession() override { close(); }
 
@@ -104,11 +105,16 @@ public:
         for (size_t i = 0; i < rx_streams_.size(); ++i) {
             rx_streams_[i].data = static_cast<uint8_t*>(place(i, rx_streams_[i].size));
             if (!rx_streams_[i].data && rx_streams_[i].size) {
-                queue_message(wire::Msg::kDone, transfer, ENOMEM,
-                              "no destination for object " + std::to_string(i));
-                (void)flush();
-                return fail(Status(ENOMEM, "no destination for object " + std::to_string(i) +
-                                               " of " + std::to_string(rx_streams_[i].size) + " B"),
+                // The refusal goes out at once, written on the socket here rather than pumped
+                // through the ring: the transfer's DATA may already sit in the staging buffer
+                // behind its manifest, and parsing it now would be a protocol error.
+                const std::string why = "no destination for object " + std::to_string(i);
+                if (out_idle()) {
+                    (void)send_message(fd_, wire::Msg::kDone, transfer, ENOMEM, why,
+                                       options_.timeout_ms);
+                }
+                return fail(Status(ENOMEM, why + " of " + std::to_string(rx_streams_[i].size) +
+                                               " B"),
                             false);
             }
         }
