@@ -565,7 +565,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("send_arena_bytes") = 0, py::arg("spin_us") = -1,
         "Connect to a NetListener; transport 'auto' uses AF_XDP when both sides can. "
         "send_arena_bytes: see NetSession's buffer (the send arena). spin_us: without "
-        "busy_poll, how long an AF_XDP session spins before it sleeps (-1: the default, 20).");
+        "busy_poll, how long a session spins (AF_XDP on its rings, TCP probing its socket) "
+        "before it sleeps (-1: the default, 20).");
 
     m.def(
         "parse_safetensors_header",
