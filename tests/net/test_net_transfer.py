@@ -19,11 +19,12 @@ CASES += [(3500, size) for size in (1, 3840, MiB)]
 MIXED = [0, 1, 3839, 3840, 4096, 65537, MiB + 3, 5 * MiB]
 
 
-def transfer(lab, net, transport, sizes, rounds=1, serve_extra=(), send_extra=(), timeout=60):
+def transfer(lab, net, transport, sizes, rounds=1, serve_extra=(), send_extra=(), timeout=60,
+             env=None):
     srv, port = lab.serve(net, transport, "--sizes", sizes_arg(sizes), "--rounds", str(rounds),
-                          *serve_extra)
+                          *serve_extra, env=env)
     cli = lab.send(net, port, transport, "--sizes", sizes_arg(sizes), "--rounds", str(rounds),
-                   *send_extra)
+                   *send_extra, env=env)
     _, cli_done = cli.result(timeout)
     _, srv_done = srv.result(timeout)
     return srv, srv_done, cli, cli_done
@@ -152,14 +153,8 @@ def test_tcp_sessions_probe_their_socket_while_they_spin(lab):
     rounds, sizes = 20, [1000, 70000]
     probes = {}
     for spin in ("0", "100000"):
-        net = lab.net(1500)
-        env = {"CHAINIO_SPIN_US": spin}
-        srv, port = lab.serve(net, "tcp", "--sizes", sizes_arg(sizes), "--rounds", str(rounds),
-                              env=env)
-        cli = lab.send(net, port, "tcp", "--sizes", sizes_arg(sizes), "--rounds", str(rounds),
-                       env=env)
-        _, cli_done = cli.result(60)
-        _, srv_done = srv.result(60)
+        srv, srv_done, cli, cli_done = transfer(lab, lab.net(1500), "tcp", sizes, rounds,
+                                                env={"CHAINIO_SPIN_US": spin})
         check_delivery(srv, srv_done, cli, cli_done, sizes, rounds, "tcp")
         probes[spin] = (cli_done["stats"]["recv_probes"], srv_done["stats"]["recv_probes"])
     assert probes["0"] == (0, 0), probes
@@ -176,14 +171,8 @@ def test_blocking_sessions_spin_before_they_sleep(lab):
     rounds, sizes = 40, [1000, 70000]
     enters = {}
     for spin in ("0", "100000", "soon"):
-        net = lab.net(9000)
-        env = {"CHAINIO_SPIN_US": spin}
-        srv, port = lab.serve(net, "xdp", "--sizes", sizes_arg(sizes), "--rounds", str(rounds),
-                              env=env)
-        cli = lab.send(net, port, "xdp", "--sizes", sizes_arg(sizes), "--rounds", str(rounds),
-                       env=env)
-        _, cli_done = cli.result(60)
-        _, srv_done = srv.result(60)
+        srv, srv_done, cli, cli_done = transfer(lab, lab.net(9000), "xdp", sizes, rounds,
+                                                env={"CHAINIO_SPIN_US": spin})
         check_delivery(srv, srv_done, cli, cli_done, sizes, rounds, "xdp")
         enters[spin] = cli_done["stats"]["ring_enters"]
         if spin == "soon":
