@@ -99,6 +99,9 @@ void SessionCore::arm_recv(bool probe) {
     if (recv_direct_) {
         p = (rx_target_ ? rx_target_ : rx_body_.data()) + rx_got_;
         want = rx_header_.len - rx_got_;
+        // A large body arrives segment after segment: probing it would take each as it comes
+        // (10x the RECVs of bulk receiving, +10-25% CPU per GB), so it gets one MSG_WAITALL.
+        if (want > kProbeBodyBytes) probe = false;
     } else {
         if (stage_lo_ == stage_hi_) {
             stage_lo_ = stage_hi_ = 0;

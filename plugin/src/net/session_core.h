@@ -146,6 +146,7 @@ private:
     // kDirectBytes is read straight into its place, with no copy.
     static constexpr size_t kStageBytes = 16u << 10;
     static constexpr size_t kDirectBytes = 4096;
+    static constexpr size_t kProbeBodyBytes = 64u << 10;  ///< larger rests of a body: no probes
     bool recv_armed_ = false;
     bool recv_probe_ = false;   ///< the armed RECV is a probe
     bool recv_direct_ = false;  ///< the armed RECV writes into the body's place
