@@ -260,13 +260,20 @@ Result<Header> parse_header(const uint8_t* prefix, uint64_t prefix_len, uint64_t
 }
 
 Result<Header> read_header(const std::string& path) {
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO is refused below instead of blocking the open (plain reads of a
+    // regular file ignore the flag).
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return Status::from_errno("open(" + path + ")");
     struct stat st {};
     if (fstat(fd, &st) != 0) {
         Status s = Status::from_errno("fstat(" + path + ")");
         close(fd);
         return s;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        if (S_ISDIR(st.st_mode)) return Status(EISDIR, path + ": is a directory");
+        return Status(EINVAL, path + ": not a regular file (a FIFO, socket or device)");
     }
     const auto size = static_cast<uint64_t>(st.st_size);
     std::vector<uint8_t> buf(std::min<uint64_t>(size, 64 << 10));

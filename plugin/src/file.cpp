@@ -76,12 +76,19 @@ Result<std::shared_ptr<FileRef>> open_file(const std::string& path, int fd, bool
         file->fd = fd;
     } else {
         file->name = path;
-        file->fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        // O_NONBLOCK so that a FIFO is refused below instead of blocking the open until a
+        // writer appears; cleared again for the files we read (io_uring honours it).
+        file->fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (file->fd < 0) return Status::from_errno("open(" + path + ")");
         file->owns_fd = true;
     }
     struct stat st {};
     if (fstat(file->fd, &st) != 0) return Status::from_errno("fstat(" + file->name + ")");
+    if (file->owns_fd && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+        const int fl = fcntl(file->fd, F_GETFL);
+        if (fl < 0 || fcntl(file->fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
+            return Status::from_errno("fcntl(" + file->name + ")");
+    }
     if (S_ISREG(st.st_mode)) {
         file->size = static_cast<uint64_t>(st.st_size);
     } else if (S_ISBLK(st.st_mode)) {
@@ -94,7 +101,21 @@ Result<std::shared_ptr<FileRef>> open_file(const std::string& path, int fd, bool
     if (want_direct) {
         // Reopen through /proc for caller fds so the caller's descriptor flags stay untouched.
         std::string target = fd >= 0 ? "/proc/self/fd/" + std::to_string(fd) : path;
-        file->direct_fd = open(target.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+        file->direct_fd = open(target.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
+        struct stat dst {};
+        if (file->direct_fd >= 0 && (fstat(file->direct_fd, &dst) != 0 || dst.st_dev != st.st_dev ||
+                                     dst.st_ino != st.st_ino)) {
+            close(file->direct_fd);  // the path now names another file: no O_DIRECT reads of it
+            file->direct_fd = -1;
+            errno = ESTALE;
+        }
+        if (file->direct_fd >= 0) {
+            const int fl = fcntl(file->direct_fd, F_GETFL);
+            if (fl < 0 || fcntl(file->direct_fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+                close(file->direct_fd);
+                file->direct_fd = -1;
+            }
+        }
         if (file->direct_fd < 0) {
             file->direct_error = errno;
         } else {

@@ -8,6 +8,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -178,6 +179,19 @@ TEST_P(EngineTest, BadArgumentsAreInvalid) {
     std::vector<uint8_t> out(10);
     EXPECT_EQ(engine_->read_sync({{dir_.path(), -1, 0, 10, out.data()}}).code(), -EINVAL)
         << "a directory is not a regular file";
+}
+
+TEST_P(EngineTest, FifoIsRefusedWithoutBlocking) {
+    // open(O_RDONLY) of a FIFO waits for a writer: the engine must refuse the path at once (the
+    // alarm ends the test binary if it blocks).
+    const std::string path = dir_.file("fifo");
+    ASSERT_EQ(mkfifo(path.c_str(), 0644), 0);
+    std::vector<uint8_t> out(10);
+    alarm(10);
+    Status st = engine_->read_sync({{path, -1, 0, 10, out.data()}});
+    alarm(0);
+    EXPECT_EQ(st.code(), -EINVAL) << st.message();
+    EXPECT_NE(st.message().find("not a regular file"), std::string::npos) << st.message();
 }
 
 TEST_P(EngineTest, PermissionDeniedIsEacces) {

@@ -1,6 +1,9 @@
 // loaders/src/safetensors.cpp: the header parser, fed crafted files byte by byte.
 #include "chainio/safetensors.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -944,6 +947,21 @@ TEST_F(SafetensorsFile, DirectoryIsAnError) {
     auto r = read_header(dir_.path());
     ASSERT_FALSE(r.is_ok());
     EXPECT_EQ(r.status().code(), -EISDIR) << r.status().message();
+}
+
+TEST_F(SafetensorsFile, FifoIsRefusedWithoutBlocking) {
+    // Opening a FIFO for reading waits for a writer; the reader must refuse it instead. The
+    // alarm ends the test binary if the open blocks.
+    const std::string path = dir_.file("pipe.safetensors");
+    ASSERT_EQ(mkfifo(path.c_str(), 0644), 0);
+    alarm(10);
+    auto r = read_header(path);
+    alarm(0);
+    ASSERT_FALSE(r.is_ok());
+    EXPECT_EQ(r.status().code(), -EINVAL);
+    EXPECT_NE(r.status().message().find("not a regular file"), std::string::npos)
+        << r.status().message();
+    EXPECT_NE(r.status().message().find(path), std::string::npos) << r.status().message();
 }
 
 TEST(SafetensorsCorpus, FuzzSeedsParseAsTheirNamesSay) {
