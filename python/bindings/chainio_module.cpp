@@ -22,11 +22,24 @@ using chainio::Status;
 
 namespace {
 
+// Message text as a Python str. It can quote bytes that are not UTF-8 (a file name, a bad
+// header key): those come out as \xNN escapes instead of a UnicodeDecodeError that would hide
+// the message.
+py::str message_text(const std::string& text) {
+    PyObject* o = PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()),
+                                       "backslashreplace");
+    if (o == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(o);
+}
+
 [[noreturn]] void raise_status(const Status& st) {
-    if (st.code() == -EINVAL) throw py::value_error(st.message());
+    if (st.code() == -EINVAL) {
+        PyErr_SetObject(PyExc_ValueError, message_text(st.message()).ptr());
+        throw py::error_already_set();
+    }
     // OSError(errno, text) picks the subclass itself (ENOENT -> FileNotFoundError, ...).
-    std::string text = st.message() + ": " + std::strerror(st.error_number());
-    PyObject* exc = PyObject_CallFunction(PyExc_OSError, "is", st.error_number(), text.c_str());
+    py::str text = message_text(st.message() + ": " + std::strerror(st.error_number()));
+    PyObject* exc = PyObject_CallFunction(PyExc_OSError, "iO", st.error_number(), text.ptr());
     if (exc != nullptr) {
         PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
         Py_DECREF(exc);
@@ -56,8 +69,12 @@ void set_source(ReadExtent& e, const py::handle& src) {
         e.fd = fd;
         return;
     }
-    py::object path = py::module_::import("os").attr("fspath")(src);
-    if (!py::isinstance<py::str>(path)) throw py::value_error("path must be str, os.PathLike or an int fd");
+    py::module_ os = py::module_::import("os");
+    py::object path = os.attr("fspath")(src);
+    // The file system's bytes (os.fsencode): names that are not UTF-8 open too.
+    if (py::isinstance<py::str>(path)) path = os.attr("fsencode")(path);
+    if (!py::isinstance<py::bytes>(path))
+        throw py::value_error("path must be str, bytes, os.PathLike or an int fd");
     e.path = path.cast<std::string>();
     if (e.path.empty()) throw py::value_error("empty path");
 }
@@ -81,7 +98,7 @@ struct PyReadHandle {
                          : handle.wait();
         }
         if (st.code() == -ETIMEDOUT && !handle.done()) {
-            PyErr_SetString(PyExc_TimeoutError, st.message().c_str());
+            PyErr_SetObject(PyExc_TimeoutError, message_text(st.message()).ptr());
             throw py::error_already_set();
         }
         if (!st.is_ok()) raise_status(st);
@@ -577,8 +594,8 @@ PYBIND11_MODULE(_C, m) {
                 reinterpret_cast<const uint8_t*>(v.data()), v.size(), file_size, name, &needed);
             if (!h) {
                 if (h.status().code() == -EAGAIN)
-                    throw py::value_error(name + ": header needs " + std::to_string(needed) +
-                                          " bytes, got " + std::to_string(v.size()));
+                    raise_status(Status(EINVAL, name + ": header needs " + std::to_string(needed) +
+                                                    " bytes, got " + std::to_string(v.size())));
                 raise_status(h.status());
             }
             return header_dict(h.value());

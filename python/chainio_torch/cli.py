@@ -102,6 +102,12 @@ def _load(args) -> int:
     from . import default_engine
     from .loader import checkpoint_files, host_memory_stats, load_checkpoint, memory_summary, same_bytes
 
+    try:
+        device = torch.device(args.device)
+        if device.type != "cpu":
+            torch.empty(0, device=device)  # e.g. cuda on a build or machine without it
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(f"--device {args.device}: {e}") from None
     if args.peer:
         return _fetch(args)
     files = checkpoint_files(args.path)

@@ -168,6 +168,8 @@ def view_tensor(buf: torch.Tensor, base: int, entry: TensorEntry, path: str) -> 
     when its offset is not a multiple of the element size (never a misaligned view)."""
     dtype = torch_dtype(entry, path)
     shape = _torch_shape(entry, path)
+    if entry.begin == entry.end:  # no bytes, no alignment to keep (torch's data_ptr() is 0)
+        return torch.empty(shape, dtype=dtype, device=buf.device)
     flat = buf[base + entry.begin: base + entry.end]
     if flat.data_ptr() % dtype.itemsize == 0:
         return flat.view(dtype).reshape(shape)
@@ -346,20 +348,25 @@ def _resolve_checkpoint(path: PathLike) -> Tuple[List[str], Optional[str], Optio
         return files, None, None
     if not path.endswith(".json"):
         return [path], None, None
-    with open(path) as f:
+    with open(path, "rb") as f:
         try:
-            index = json.load(f)
+            index = json.loads(f.read().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise SafetensorError(f"{path}: index is not UTF-8 text: {e}") from None
         except json.JSONDecodeError as e:
             raise SafetensorError(f"{path}: index is not valid JSON: {e}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise SafetensorError(f"{path}: index has no weight_map of tensor name -> file")
+    if not weight_map:
+        raise SafetensorError(f"{path}: index lists no tensors (empty weight_map)")
     root = os.path.dirname(path)
     shards = set()
     for shard in weight_map.values():
         if os.path.isabs(shard) or ".." in shard.split(os.sep):
             raise SafetensorError(f"{path}: shard path {shard!r} leaves the checkpoint directory")
-        shards.add(os.path.join(root, shard))
+        # One file however the index spells it ("./a.safetensors" and "a.safetensors").
+        shards.add(os.path.normpath(os.path.join(root, shard)))
     return sorted(shards), path, weight_map
 
 
@@ -403,7 +410,7 @@ def _check_index(index_path: str, weight_map: Dict[str, str], headers: Sequence[
     root = os.path.dirname(index_path)
     by_file = {h.path: h for h in headers}
     for name, shard in weight_map.items():
-        h = by_file.get(os.path.join(root, shard))
+        h = by_file.get(os.path.normpath(os.path.join(root, shard)))
         if h is None or name not in h.tensors:
             raise SafetensorError(f"{index_path}: tensor '{name}' is not in {shard}")
 
@@ -502,9 +509,11 @@ class _Slice:
         first, rest = (index[0], index[1:]) if index else (slice(None), ())
         rows = entry.shape[0] if entry.shape else None
         # Leading-dimension slices and integers read only the rows they need.
+        # (A bool is an int to Python but a new dimension to torch: the full read handles it.)
+        is_int = isinstance(first, int) and not isinstance(first, bool)
         if rows is not None and entry.whole_bytes() and (
-                isinstance(first, int) or (isinstance(first, slice) and first.step in (None, 1))):
-            if isinstance(first, int):
+                is_int or (isinstance(first, slice) and first.step in (None, 1))):
+            if is_int:
                 i = first + rows if first < 0 else first
                 if not 0 <= i < rows:
                     raise IndexError(f"index {first} is out of bounds for dimension 0 with size {rows}")
@@ -609,8 +618,12 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
             shift = (h.data_offset + entry.begin) % _ALIGN
             buf = aligned_buffer(shift + n)
             if n:
-                self._engine.read_into_address(h.path, buf.data_ptr() + shift, n,
-                                               h.data_offset + entry.begin)
+                try:
+                    self._engine.read_into_address(h.path, buf.data_ptr() + shift, n,
+                                                   h.data_offset + entry.begin)
+                except ValueError:  # e.g. an extent past the end: did the file change?
+                    _check_unchanged(h)
+                    raise
         _check_unchanged(h)
         t = view_tensor(buf, shift - entry.begin, entry, h.path)
         return t if self._device.type == "cpu" else t.to(self._device)

@@ -325,3 +325,116 @@ def test_cli_load_compare(workdir):
     out = subprocess.run([sys.executable, "-m", "chainio_torch", "load", bad], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "invalid safetensors header" in out.stderr
+
+
+def _in_child(code, timeout=60):
+    """Runs ``code`` in a fresh interpreter: a hang ends in a timeout, a crash in a signal."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_fifo_is_refused_not_waited_on(workdir):
+    # open() of a FIFO for reading blocks until a writer comes: every loader must refuse it.
+    fifo = os.path.join(workdir, "pipe.safetensors")
+    os.mkfifo(fifo)
+    code = f"""
+import chainio_torch
+for call in (lambda: chainio_torch.load_file({fifo!r}),
+             lambda: chainio_torch.safe_open({fifo!r}),
+             lambda: chainio_torch.load_checkpoint({os.path.dirname(fifo)!r})):
+    try:
+        call()
+    except ValueError as e:
+        assert "not a regular file" in str(e) and {fifo!r} in str(e), e
+    else:
+        raise SystemExit("no error")
+print("refused")
+"""
+    out = _in_child(code)
+    assert out.returncode == 0 and "refused" in out.stdout, out.stderr
+
+
+def test_empty_tensor_at_an_offset_not_a_multiple_of_its_element_size(workdir):
+    # safetensors' writer never places one there, but other writers may; safetensors loads it.
+    path = os.path.join(workdir, "empty-misaligned.safetensors")
+    _write_raw(path, {"z": {"dtype": "F32", "shape": [0, 5], "data_offsets": [0, 0]}, "x": U8}, b"ab")
+    ref = st.load_file(path)
+    assert_same(chainio_torch.load_file(path), ref)
+    with chainio_torch.safe_open(path, framework="pt") as f:
+        assert same_bytes(f.get_tensor("z"), ref["z"])
+        assert f.get_slice("z")[0:0].shape == (0, 5)
+
+
+def test_bool_index_of_a_slice_is_a_new_dimension_as_in_torch(workdir):
+    path = os.path.join(workdir, "bool-index.safetensors")
+    t = torch.arange(35.0).reshape(7, 5)
+    st.save_file({"m": t}, path)
+    with chainio_torch.safe_open(path, framework="pt") as f:
+        for index in (True, False, (True, 2)):
+            assert same_bytes(f.get_slice("m")[index], t[index]), index
+
+
+def test_error_text_that_is_not_utf8_keeps_file_and_reason(workdir):
+    # The parser quotes the bad key; its bytes must not turn the error into a UnicodeDecodeError.
+    path = os.path.join(workdir, "bad-utf8.safetensors")
+    _write_raw(path, b'{"\xff":' + json.dumps(U8).encode() + b"}", b"xx")
+    with pytest.raises(SafetensorError) as info:
+        chainio_torch.load_file(path)
+    assert path in str(info.value) and "UTF-8" in str(info.value), str(info.value)
+
+
+def test_file_names_that_are_not_utf8_load(workdir):
+    path = os.fsdecode(os.path.join(os.fsencode(workdir), b"\xff-model.safetensors"))
+    tensors = {"a": torch.arange(10.0)}
+    st.save_file(tensors, path)
+    assert_same(chainio_torch.load_file(path), tensors)
+    with chainio_torch.safe_open(path, framework="pt") as f:
+        assert same_bytes(f.get_tensor("a"), tensors["a"])
+    assert_same(chainio_torch.load_checkpoint(workdir), tensors)
+    missing = path + "-missing"
+    with pytest.raises(FileNotFoundError) as info:
+        chainio_torch.load_file(missing)
+    assert info.value.filename == missing
+
+
+def test_index_spelling_one_shard_two_ways_loads_it_once(workdir):
+    d = os.path.join(workdir, "index-spelling")
+    os.makedirs(d)
+    st.save_file({"x": torch.ones(3), "y": torch.zeros(2)}, os.path.join(d, "model-1.safetensors"))
+    with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": {"x": "./model-1.safetensors", "y": "model-1.safetensors"}}, f)
+    assert_same(chainio_torch.load_checkpoint(d), st.load_file(os.path.join(d, "model-1.safetensors")))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"weight_map": {}}', "lists no tensors"),
+    (b'{"weight_map": {"\xff": "model-1.safetensors"}}', "not UTF-8"),
+])
+def test_bad_index_is_a_safetensor_error_naming_it(workdir, content, message):
+    d = os.path.join(workdir, "bad-index")
+    os.makedirs(d)
+    st.save_file({"x": torch.ones(3)}, os.path.join(d, "model-1.safetensors"))
+    index = os.path.join(d, "model.safetensors.index.json")
+    with open(index, "wb") as f:
+        f.write(content)
+    with pytest.raises(SafetensorError, match=message) as info:
+        chainio_torch.load_checkpoint(d)
+    assert index in str(info.value)
+
+
+def test_file_truncated_after_safe_open_is_an_os_error(workdir):
+    path = os.path.join(workdir, "shrinks.safetensors")
+    st.save_file({"a": torch.arange(100.0), "b": torch.arange(50.0)}, path)
+    with chainio_torch.safe_open(path, framework="pt") as f:
+        os.truncate(path, os.path.getsize(path) - 100)
+        with pytest.raises(OSError, match="changed while loading"):
+            f.get_tensor("b")
+
+
+def test_cli_load_bad_device_is_a_clear_error(workdir):
+    path = os.path.join(workdir, "cli-device.safetensors")
+    st.save_file({"a": torch.arange(10.0)}, path)
+    out = subprocess.run([sys.executable, "-m", "chainio_torch", "load", path, "--device", "bogus"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("chainio load: --device bogus") and "Traceback" not in out.stderr
