@@ -689,7 +689,8 @@ PYBIND11_MODULE(_C, m) {
         .def(
             "read",
             [](chainio::peer::Fetcher& f, const std::string& path, uint64_t size,
-               const py::list& extents, const std::string& local_path, const py::object& keepalive) {
+               const py::list& extents, const std::string& local_path, const py::object& keepalive,
+               int64_t mtime_ns) {
                 (void)keepalive;  // held by the caller's frame for the duration of this call
                 std::vector<chainio::peer::FetchExtent> ex;
                 for (const py::handle& item : extents) {
@@ -700,6 +701,7 @@ PYBIND11_MODULE(_C, m) {
                 }
                 chainio::peer::Fetcher::FileInfo info;
                 info.size = size;
+                info.mtime_ns = mtime_ns;
                 chainio::peer::FetchReport report;
                 Status st;
                 {
@@ -710,7 +712,9 @@ PYBIND11_MODULE(_C, m) {
                 return fetch_report_dict(report);
             },
             py::arg("path"), py::arg("size"), py::arg("extents"), py::arg("local_path") = "",
-            py::arg("keepalive") = py::none(),
+            py::arg("keepalive") = py::none(), py::arg("mtime_ns") = 0,
             "Read [(offset, length, address)] of `path` (a `size`-byte file) from the seeders; "
-            "what none delivers comes from `local_path`. Returns who delivered what.");
+            "what none delivers comes from `local_path`. With `mtime_ns` (from stat), a seeder "
+            "whose file has another mtime refuses (ESTALE): one version per read. Returns who "
+            "delivered what.");
 }

@@ -6,6 +6,12 @@ seeders' sessions take from a shared queue, so a faster seeder carries more of t
 that fails or stalls for ``timeout_ms`` gives its unreceived pieces back to the others and, when
 none is left, to a local copy (``local_root``). Every chunk's xxh3 digest is checked on arrival.
 Here: the names, headers and indexes, the cache, and torch.
+
+One load reads one version of each file: the (size, mtime) the first seeder's stat reports. A
+seeder holding another version (a different size or mtime) refuses its reads (ESTALE) and sits
+the load out, and a local copy is used only when its size, mtime and header bytes are the same.
+So seeders meant to share a load need identical copies with their mtimes kept (``cp -p``,
+``rsync -a``, or a ChainIO ``cache_dir``, which keeps the seeder's mtime).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import errno
 import json
 import os
 import struct
+import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -27,7 +34,7 @@ _DONE_MARK = ".chainio-fetched.json"  # a cached directory is complete when this
 _ALIGN = 4096
 # Errors meaning "no seeder answered" (rather than "a seeder said no").
 UNREACHABLE = (errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.ECONNRESET,
-               errno.ENETUNREACH)
+               errno.ENETUNREACH, errno.EPIPE, errno.ECONNABORTED, errno.EPROTO)
 
 
 def _token(token: Optional[str]) -> str:
@@ -95,27 +102,67 @@ class Remote:
                                       timeout_ms=timeout_ms, engine=engine)
         self.engine = engine
         self.local_root = local_root
+        self._versions: Dict[str, Tuple[int, int]] = {}  # name -> (size, mtime_ns) of this load
+        self._heads: Dict[str, bytes] = {}  # name -> its header bytes, as the seeders sent them
+        self.local_refused: Dict[str, str] = {}  # name -> why its local copy is not used
+
+    def version(self, name: str) -> Tuple[int, int]:
+        """(size, mtime_ns) of ``name`` for this whole load: the first stat's answer."""
+        if name not in self._versions:
+            self._versions[name] = tuple(self.fetcher.stat(name))
+        return self._versions[name]
 
     def local(self, name: str) -> str:
-        """The local copy of ``name`` for the last-resort fallback, or ""."""
+        """The local copy of ``name`` for the last-resort fallback, or "" (none, or one that is
+        not the version being loaded: its bytes must not be mixed with the seeders')."""
         if not self.local_root:
             return ""
         p = os.path.join(self.local_root, name)
-        return p if os.path.isfile(p) else ""
+        if not os.path.isfile(p):
+            return ""
+        size, mtime = self.version(name)
+        st = os.stat(p)
+        head = self._heads.get(name, b"")
+        why = ""
+        if st.st_size != size:
+            why = f"it is {st.st_size} bytes, the seeders' {size}"
+        elif mtime and st.st_mtime_ns != mtime:
+            why = f"its mtime_ns is {st.st_mtime_ns}, the seeders' {mtime} (copy with cp -p or rsync -a)"
+        elif head:
+            with open(p, "rb") as f:
+                if f.read(len(head)) != head:
+                    why = "its header differs from the seeders'"
+        if why:
+            self.local_refused[name] = f"local copy {p} not used: {why}"
+            return ""
+        return p
 
-    def read_bytes(self, name: str, size: int, offset: int, length: int) -> bytearray:
+    def read(self, name: str, extents, keepalive) -> dict:
+        """fetcher.read of this load's version of ``name``; a failure names a local copy that
+        was refused."""
+        size, mtime = self.version(name)
+        local = self.local(name)
+        try:
+            return self.fetcher.read(name, size, extents, local_path=local, keepalive=keepalive,
+                                     mtime_ns=mtime)
+        except OSError as e:
+            why = self.local_refused.get(name)
+            if why:
+                raise OSError(e.errno, f"{e.strerror}; {why}") from None
+            raise
+
+    def read_bytes(self, name: str, offset: int, length: int) -> bytearray:
         buf = bytearray(length)
         if length:
             addr = torch.frombuffer(buf, dtype=torch.uint8).data_ptr()
-            self.fetcher.read(name, size, [(offset, length, addr)], local_path=self.local(name),
-                              keepalive=buf)
+            self.read(name, [(offset, length, addr)], buf)
         return buf
 
     def files(self, name: str) -> Tuple[List[str], Optional[str], Optional[Dict[str, str]]]:
         """Like loader._resolve_checkpoint, on the seeders' side: (shards, index, weight_map)."""
         if name.endswith(".json"):
-            size, _ = self.fetcher.stat(name)
-            raw = self.read_bytes(name, size, 0, size)
+            size, _ = self.version(name)
+            raw = self.read_bytes(name, 0, size)
             try:
                 index = json.loads(raw)
             except ValueError as e:
@@ -129,7 +176,13 @@ class Remote:
             return shards, name, weight_map
         if name.endswith(".safetensors"):
             return [name], None, None
-        listing = dict(self.fetcher.list(name))
+        try:
+            listing = dict(self.fetcher.list(name))
+        except NotADirectoryError:  # a file whatever its name ends with, as load_file takes
+            return [name], None, None
+        for f in listing:  # names of files directly in `name`, nothing else
+            if not f or "/" in f or "\0" in f or f in (".", ".."):
+                raise OSError(errno.EPROTO, f"a seeder listed {f!r} in {name}: not a file name")
         indexes = sorted(f for f in listing if f.endswith(".safetensors.index.json"))
         if indexes:
             return self.files(os.path.join(name, indexes[0]))
@@ -142,12 +195,12 @@ class Remote:
         """(FileHeader, the file's first data_offset bytes) of a remote safetensors file."""
         from .loader import FileHeader, TensorEntry
 
-        size, _ = self.fetcher.stat(name)
-        prefix = self.read_bytes(name, size, 0, min(size, _PREFIX_BYTES))
+        size, mtime = self.version(name)
+        prefix = self.read_bytes(name, 0, min(size, _PREFIX_BYTES))
         if len(prefix) >= 8:
             need = 8 + struct.unpack("<Q", prefix[:8])[0]
             if len(prefix) < need <= size:
-                prefix = self.read_bytes(name, size, 0, need)
+                prefix = self.read_bytes(name, 0, need)
         try:
             h = _C.parse_safetensors_header(bytes(prefix), size, name)
         except ValueError as e:
@@ -155,17 +208,28 @@ class Remote:
         tensors = {n: TensorEntry(n, dtype, list(shape), begin, end)
                    for n, dtype, shape, begin, end in h["tensors"]}
         header = FileHeader(name, h["data_offset"], h["data_bytes"], h["shift"],
-                            h["buffer_bytes"], tensors, h["metadata"])
-        return header, bytes(prefix[:h["data_offset"]])
+                            h["buffer_bytes"], tensors, h["metadata"], (0, 0, size, mtime))
+        self._heads[name] = bytes(prefix[:h["data_offset"]])
+        return header, self._heads[name]
 
     def fetch(self, header, buf: torch.Tensor) -> dict:
         """Reads the data region of ``header`` into ``buf`` (at ``header.shift``)."""
         if not header.data_bytes:
             return {"sources": [], "bytes": 0, "seconds": 0.0}
-        return self.fetcher.read(
-            header.path, header.file_bytes,
-            [(header.data_offset, header.data_bytes, buf.data_ptr() + header.shift)],
-            local_path=self.local(header.path), keepalive=buf)
+        return self.read(header.path,
+                         [(header.data_offset, header.data_bytes, buf.data_ptr() + header.shift)],
+                         buf)
+
+
+def _part_name(path: str) -> str:
+    """A temporary name next to ``path``, private to this process and thread."""
+    return f"{path}.part-{os.getpid()}-{threading.get_ident()}"
+
+
+def _keep_mtime(path: str, mtime_ns: int) -> None:
+    """Gives a cached file the seeder's mtime: the cache can then seed the same version."""
+    if mtime_ns:
+        os.utime(path, ns=(time.time_ns(), mtime_ns))
 
 
 def write_cached(path: str, prefix: bytes, header, buf: torch.Tensor) -> None:
@@ -173,7 +237,7 @@ def write_cached(path: str, prefix: bytes, header, buf: torch.Tensor) -> None:
     with O_DIRECT straight from ``buf`` (no copy, no page cache), the unaligned head and tail
     buffered; then fsync and rename, so that the name only ever holds a complete file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.part-{os.getpid()}"
+    tmp = _part_name(path)
     shift, start = header.shift, header.data_offset - header.shift  # start is 4 KiB-aligned
     if shift:  # the header's last bytes go just before the data: one aligned region
         buf[:shift].copy_(torch.frombuffer(bytearray(prefix[start:]), dtype=torch.uint8))
@@ -199,6 +263,7 @@ def write_cached(path: str, prefix: bytes, header, buf: torch.Tensor) -> None:
             f.write(memoryview(arr[bulk:shift + header.data_bytes]))
             f.flush()
             os.fsync(f.fileno())
+        _keep_mtime(tmp, header.stat[3])
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -224,14 +289,22 @@ def cached_checkpoint(cache_dir: Optional[str], name: str) -> Optional[str]:
 
 def copy_small(remote: Remote, cache_dir: str, name: str) -> None:
     """Caches a small file (an index) as it is."""
-    size, _ = remote.fetcher.stat(name)
-    data = remote.read_bytes(name, size, 0, size)
+    size, mtime = remote.version(name)
+    data = remote.read_bytes(name, 0, size)
     dest = os.path.join(cache_dir, name)
     os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-    tmp = f"{dest}.part-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
+    tmp = _part_name(dest)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        _keep_mtime(tmp, mtime)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def mark_complete(cache_dir: str, directory: str, files: List[str]) -> None:

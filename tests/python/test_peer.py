@@ -193,3 +193,113 @@ def test_seed_and_load_commands(root, tmp_path):
         rest, err = seed.communicate(timeout=20)
     assert seed.returncode == 0, err
     assert "chainio seed: stopped" in rest and '"bytes_served"' in rest, rest
+
+
+def _other_version(root_dir, name, mtime_shift_s=100):
+    """A second seeder root holding another version of ``name``: the same size and header,
+    different bytes after the first MiB, another mtime."""
+    other = root_dir + "-other"
+    os.makedirs(os.path.dirname(os.path.join(other, name)), exist_ok=True)
+    src, dst = os.path.join(root_dir, name), os.path.join(other, name)
+    shutil.copyfile(src, dst)
+    with open(dst, "r+b") as f:
+        f.seek(1 << 20)
+        tail = f.read()
+        f.seek(1 << 20)
+        f.write(bytes(b ^ 0xFF for b in tail[:4096]) + tail[4096:])
+    t = os.stat(src).st_mtime_ns + mtime_shift_s * 10**9
+    os.utime(dst, ns=(t, t))
+    return other
+
+
+def test_seeders_holding_another_version_sit_the_load_out(root, seeder):
+    # Same size and header, other bytes: striping across both would mix the two versions with
+    # every digest passing. The second seeder refuses (ESTALE) and the first delivers it all.
+    other = _other_version(root[0], "one.safetensors")
+    try:
+        with chainio_torch.Seeder(other, TOKEN, ip="127.0.0.1", transport="tcp",
+                                  chunk_bytes=1 << 20) as stale:
+            report = []
+            got = chainio_torch.load_file("one.safetensors", peers=peers(seeder, stale),
+                                          token=TOKEN, report=report)
+            assert_same(got, st.load_file(os.path.join(root[0], "one.safetensors")))
+            sources = {s["name"]: s for s in report[0]["sources"]}
+            assert sources[peers(stale)[0]]["bytes"] == 0
+            assert "mtime_ns" in sources[peers(stale)[0]]["error"], sources
+            assert sources[peers(seeder)[0]]["bytes"] == report[0]["bytes"]
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_local_copy_of_another_version_is_not_mixed_in(root, tmp_path):
+    # The seeder stops answering after the header: the rest would come from the local copy,
+    # which is another version, so the load fails and says why instead of mixing the two.
+    other = _other_version(root[0], "one.safetensors")
+    try:
+        s = chainio_torch.Seeder(root[0], TOKEN, ip="127.0.0.1", transport="tcp", chunk_bytes=1 << 20)
+        from chainio_torch import peer
+
+        remote = peer.Remote(peers(s), TOKEN, "tcp", 2000, None, other)
+        header, _ = remote.header("one.safetensors")
+        s.stop()
+        buf = torch.empty(header.buffer_bytes, dtype=torch.uint8)
+        with pytest.raises(OSError, match="local copy .* not used: its mtime_ns"):
+            remote.fetch(header, buf)
+        # The same bytes with the seeder's mtime are the same version: used.
+        t = os.stat(os.path.join(root[0], "one.safetensors")).st_mtime_ns
+        shutil.copyfile(os.path.join(root[0], "one.safetensors"), os.path.join(other, "one.safetensors"))
+        os.utime(os.path.join(other, "one.safetensors"), ns=(t, t))
+        r = remote.fetch(header, buf)
+        assert r["sources"][-1]["name"].startswith("local:")
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_a_peer_that_hangs_up_falls_back_to_the_local_copy(root, tmp_path):
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    stop = threading.Event()
+
+    def hang_up():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                srv.accept()[0].close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=hang_up, daemon=True)
+    t.start()
+    try:
+        got = chainio_torch.load_file("one.safetensors", peers=[f"127.0.0.1:{srv.getsockname()[1]}"],
+                                      token=TOKEN, local_root=root[0], timeout_ms=2000)
+        assert_same(got, st.load_file(os.path.join(root[0], "one.safetensors")))
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
+def test_load_file_from_peers_takes_any_file_name(root, seeder):
+    shutil.copyfile(os.path.join(root[0], "one.safetensors"), os.path.join(root[0], "one.bin"))
+    got = chainio_torch.load_file("one.bin", peers=peers(seeder), token=TOKEN)
+    assert_same(got, st.load_file(os.path.join(root[0], "one.safetensors")))
+
+
+def test_cache_keeps_the_seeders_mtime_and_threads_share_a_cache_dir(root, seeder, tmp_path):
+    import concurrent.futures
+
+    cache = str(tmp_path / "cache")
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        runs = [pool.submit(chainio_torch.load_checkpoint, "ck", peers=peers(seeder), token=TOKEN,
+                            cache_dir=cache) for _ in range(3)]
+        for r in runs:
+            assert_same(r.result(), root[1])
+    for f in os.listdir(os.path.join(root[0], "ck")):
+        assert (os.stat(os.path.join(cache, "ck", f)).st_mtime_ns ==
+                os.stat(os.path.join(root[0], "ck", f)).st_mtime_ns), f
+    assert not [f for f in os.listdir(os.path.join(cache, "ck")) if ".part-" in f]

@@ -133,7 +133,7 @@ public:
 
     struct FileInfo {
         uint64_t size = 0;
-        int64_t mtime_ns = 0;
+        int64_t mtime_ns = 0;  ///< the version: 0 = any file of this size
     };
     /// Size and mtime of `path` on the first seeder that answers. A file every seeder lacks
     /// gives the seeder's error (-ENOENT, -EXDEV for a path leaving the root, ...); when no
@@ -145,8 +145,10 @@ public:
     /// Reads `extents` of `path` into their destinations, striped across the live seeders,
     /// failing over as described above; what no seeder delivered is read from `local_path`
     /// ("" = fail: with the seeders' errno when they all refused alike, else -EHOSTUNREACH; the
-    /// message names each seeder's answer). A seeder whose file is not `info.size` bytes
-    /// refuses (-ESTALE) and sits this call out. Fills `report` when given.
+    /// message names each seeder's answer). A seeder whose file is not `info.size` bytes, or
+    /// (when `info.mtime_ns` is set) was not modified at `info.mtime_ns`, refuses (-ESTALE) and
+    /// sits this call out: the bytes of one read come from one version of the file. Fills
+    /// `report` when given.
     Status read(const std::string& path, const FileInfo& info,
                 const std::vector<FetchExtent>& extents, const std::string& local_path = "",
                 FetchReport* report = nullptr);

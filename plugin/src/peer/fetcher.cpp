@@ -266,10 +266,13 @@ Status Fetcher::read(const std::string& path, const FileInfo& info,
             }
             uint64_t got = 0;
             Status st;
-            auto r = s.request(p, {{"op", "read"},
-                                   {"path", path},
-                                   {"size", info.size},
-                                   {"extents", {{piece.offset, piece.length}}}});
+            json req = {{"op", "read"},
+                        {"path", path},
+                        {"size", info.size},
+                        {"extents", {{piece.offset, piece.length}}}};
+            // The version the caller stat'ed: a seeder holding another one refuses (ESTALE).
+            if (info.mtime_ns != 0) req["mtime_ns"] = info.mtime_ns;
+            auto r = s.request(p, req);
             bool session_error = !r;
             if (r) st = proto::reply_status(r.value(), "seeder " + p.name);
             else st = r.status();

@@ -324,6 +324,13 @@ Status Seeder::State::handle(net::Session& s, unsigned slot, const std::vector<u
             return refuse(Status(ESTALE, "'" + path + "' is " + std::to_string(size) +
                                              " bytes here, the fetcher expects " +
                                              std::to_string(j.at("size").get<uint64_t>())));
+        // Same size is not same version: a fetcher that names the mtime it stat'ed (on this
+        // seeder or another) gets no bytes of a different one.
+        if (j.contains("mtime_ns") && j.at("mtime_ns").get<int64_t>() != mtime_ns(sb))
+            return refuse(Status(ESTALE, "'" + path + "' here was modified at mtime_ns " +
+                                             std::to_string(mtime_ns(sb)) +
+                                             ", the fetcher expects the version of " +
+                                             std::to_string(j.at("mtime_ns").get<int64_t>())));
         for (const auto& e : j.at("extents")) {
             const uint64_t off = e.at(0).get<uint64_t>(), len = e.at(1).get<uint64_t>();
             if (len == 0 || off > size || len > size - off)
