@@ -2,9 +2,13 @@
 // confinement, the token, striping, failover to other seeders and to the local copy, stale
 // files. tests/net runs the same across network namespaces, on AF_XDP too, and kills peers.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -206,6 +210,59 @@ TEST_F(PeerTest, StaleSizeIsRefused) {
     EXPECT_EQ(st.code(), -ESTALE);  // every seeder refused the same way
     EXPECT_NE(st.message().find("bytes here, the fetcher expects"), std::string::npos)
         << st.message();
+}
+
+TEST_F(PeerTest, AnotherVersionOfTheSameSizeIsRefused) {
+    auto s = Seeder::start(seeder_options(root()));
+    ASSERT_TRUE(s);
+    auto f = Fetcher::create({addr(*s.value())}, fetch_options());
+    ASSERT_TRUE(f);
+    auto info = f.value()->stat("m/w.bin");
+    ASSERT_TRUE(info);
+    ASSERT_NE(info.value().mtime_ns, 0);
+    std::vector<uint8_t> got(4096);
+    ASSERT_TRUE(f.value()->read("m/w.bin", info.value(), {{0, 4096, got.data()}}).is_ok());
+    Fetcher::FileInfo other = info.value();
+    other.mtime_ns += 1;  // what a file rewritten in place with the same size looks like
+    Status st = f.value()->read("m/w.bin", other, {{0, 4096, got.data()}});
+    EXPECT_EQ(st.code(), -ESTALE);
+    EXPECT_NE(st.message().find("the fetcher expects the version of"), std::string::npos)
+        << st.message();
+    other.mtime_ns = 0;  // no version asked: any file of this size
+    EXPECT_TRUE(f.value()->read("m/w.bin", other, {{0, 4096, got.data()}}).is_ok());
+}
+
+// A connection that never says hello must hold up neither other fetchers nor stop().
+TEST_F(PeerTest, SilentConnectionsBlockNobody) {
+    SeederOptions so = seeder_options(root());
+    so.net.timeout_ms = 5000;
+    auto s = Seeder::start(so);
+    ASSERT_TRUE(s);
+    std::vector<int> silent;
+    for (int i = 0; i < 3; ++i) {
+        const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ASSERT_GE(fd, 0);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(s.value()->port());
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+        silent.push_back(fd);
+    }
+    usleep(200'000);  // the seeder has accepted them and waits for their hellos
+    const auto t0 = std::chrono::steady_clock::now();
+    auto f = Fetcher::create({addr(*s.value())}, fetch_options());
+    ASSERT_TRUE(f);
+    std::vector<uint8_t> got;
+    ASSERT_TRUE(fetch(*f.value(), 0, 4096, &got).is_ok());
+    EXPECT_TRUE(matches(got, 0));
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_LT(waited, std::chrono::milliseconds(2500)) << "served after the silent peers' timeout";
+    f.value().reset();
+    const auto t1 = std::chrono::steady_clock::now();
+    s.value()->stop();  // the silent hellos end now, not after their 5 s
+    EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::milliseconds(2000));
+    for (int fd : silent) close(fd);
 }
 
 TEST_F(PeerTest, StopEndsLiveSessions) {

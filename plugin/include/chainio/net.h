@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 
@@ -148,6 +149,14 @@ public:
     uint16_t port() const { return port_; }
     /// Waits up to timeout_ms for one peer and runs the hello. Errors: -ETIMEDOUT, -EPROTO.
     Result<std::unique_ptr<Session>> accept(uint32_t timeout_ms);
+    /// accept() in two steps, so that a server can run each hello on its own thread and a
+    /// connection that never says hello holds up no one else: accept_connection() waits up to
+    /// timeout_ms for a TCP connection and returns its descriptor; handshake() takes it over
+    /// (closing it on failure) and runs the hello, waiting up to options.timeout_ms for the
+    /// peer. Hellos may run concurrently: what follows a valid token (setting up the
+    /// transport) runs one at a time.
+    Result<int> accept_connection(uint32_t timeout_ms);
+    Result<std::unique_ptr<Session>> handshake(int fd);
 
 private:
     Listener(int fd, uint16_t port, NetOptions options)
@@ -155,6 +164,7 @@ private:
     int fd_;
     uint16_t port_;
     NetOptions options_;
+    std::mutex setup_mu_;
 };
 
 }  // namespace chainio::net

@@ -234,6 +234,12 @@ Listener::~Listener() {
 }
 
 Result<std::unique_ptr<Session>> Listener::accept(uint32_t timeout_ms) {
+    auto c = accept_connection(timeout_ms);
+    if (!c) return c.status();
+    return handshake(c.value());
+}
+
+Result<int> Listener::accept_connection(uint32_t timeout_ms) {
     const int64_t deadline = now_ns() + int64_t(timeout_ms) * 1'000'000;
     int cfd = -1;
     for (;;) {
@@ -249,6 +255,10 @@ Result<std::unique_ptr<Session>> Listener::accept(uint32_t timeout_ms) {
     }
     const int one = 1;
     setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return cfd;
+}
+
+Result<std::unique_ptr<Session>> Listener::handshake(int cfd) {
     auto fail = [&](Status s) -> Result<std::unique_ptr<Session>> {
         ::close(cfd);
         return s;
@@ -269,6 +279,8 @@ Result<std::unique_ptr<Session>> Listener::accept(uint32_t timeout_ms) {
                            why + " in the hello: this peer requires the shared token", 200);
         return fail(Status(EACCES, "refused a peer: " + why + " in its hello"));
     }
+    // An authenticated peer: its transport is set up one at a time (ports, XDP programs).
+    std::lock_guard<std::mutex> setup(setup_mu_);
     std::string forced;
     const TransportKind kind = wanted(options_, &forced);
     const bool peer_xdp = j.value().value("transport", std::string()) == "xdp";

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -75,6 +76,7 @@ struct Seeder::State {
     std::vector<unsigned> free_slots;
     struct Running {
         std::thread thread;
+        int hello_fd = -1;  ///< a dup of the connection while its hello runs (stop() shuts it)
         net::Session* session = nullptr;
         bool finished = false;
     };
@@ -163,16 +165,18 @@ void Seeder::stop() {
     if (s.stopping.exchange(true)) return;
     s.cv.notify_all();
     if (s.acceptor.joinable()) s.acceptor.join();
-    s.listener.reset();
     std::list<State::Running> done;
     {
         std::lock_guard<std::mutex> lock(s.mu);
-        for (auto& r : s.running)
+        for (auto& r : s.running) {
             if (r.session) r.session->abort();
+            if (r.hello_fd >= 0) ::shutdown(r.hello_fd, SHUT_RDWR);  // ends a waiting hello
+        }
         done.splice(done.end(), s.running);
     }
     for (auto& r : done)
         if (r.thread.joinable()) r.thread.join();
+    s.listener.reset();  // after the threads: their hellos run on it
 }
 
 void Seeder::State::accept_loop() {
@@ -195,35 +199,51 @@ void Seeder::State::accept_loop() {
             }
             slot = free_slots.back();
         }
-        auto r = listener->accept(100);
-        if (!r) {
-            if (r.status().code() != -ETIMEDOUT) {
-                ++refused;
-                log::write(log::Level::kWarn, "seeder: " + r.status().to_string());
-            }
+        auto c = listener->accept_connection(100);
+        if (!c) {
+            if (c.status().code() != -ETIMEDOUT)
+                log::write(log::Level::kWarn, "seeder: " + c.status().to_string());
             continue;
         }
-        std::unique_ptr<net::Session> session = std::move(r.value());
-        ++sessions;
-        if (session->kind() == net::TransportKind::kXdp) ++xdp_sessions;
+        const int cfd = c.value();
         std::lock_guard<std::mutex> lock(mu);
         // Not pop_back(): a session that ended during accept() may have pushed its slot since.
         free_slots.erase(std::find(free_slots.begin(), free_slots.end(), slot));
         running.emplace_back();
         Running* me = &running.back();
-        me->session = session.get();
-        me->thread = std::thread([this, me, slot, s = std::move(session)]() mutable {
-            ++active;
-            const std::string who = "session " + std::to_string(slot);
-            serve(*s, slot, who);
+        me->hello_fd = ::dup(cfd);
+        // The hello runs on the session's own thread: a connection that never says hello
+        // holds its slot for the peer timeout, and no one else.
+        me->thread = std::thread([this, me, slot, cfd]() mutable {
+            auto r = listener->handshake(cfd);
+            std::unique_ptr<net::Session> s;
             {
-                // Unregister before closing, so stop() never aborts a destroyed session.
                 std::lock_guard<std::mutex> lock(mu);
-                me->session = nullptr;
+                if (me->hello_fd >= 0) ::close(me->hello_fd);
+                me->hello_fd = -1;
+                if (r && !stopping) {
+                    s = std::move(r.value());
+                    me->session = s.get();
+                }
             }
-            s->close();
-            s.reset();
-            --active;
+            if (!r) {
+                ++refused;
+                if (!stopping) log::write(log::Level::kWarn, "seeder: " + r.status().to_string());
+            }
+            if (s) {
+                ++sessions;
+                if (s->kind() == net::TransportKind::kXdp) ++xdp_sessions;
+                ++active;
+                serve(*s, slot, "session " + std::to_string(slot));
+                {
+                    // Unregister before closing, so stop() never aborts a destroyed session.
+                    std::lock_guard<std::mutex> lock(mu);
+                    me->session = nullptr;
+                }
+                s->close();
+                s.reset();
+                --active;
+            }
             std::lock_guard<std::mutex> lock(mu);
             free_slots.push_back(slot);
             me->finished = true;
