@@ -204,22 +204,46 @@ def _seed(args) -> int:
     return 0
 
 
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi] (an error message, not a traceback, else)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi}")
+        return v
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0 or v == float("inf"):  # also NaN
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return v
+
+
 def _add_peer_args(p, seeder: bool) -> None:
     p.add_argument("--token", default=None,
                    help="shared token (default: the CHAINIO_TOKEN environment variable)")
     p.add_argument("--transport", default="auto", choices=("auto", "xdp", "tcp"),
                    help="auto: AF_XDP when both sides can, else TCP (default)")
-    p.add_argument("--timeout-ms", type=int, default=5000,
+    p.add_argument("--timeout-ms", type=_int_in(1, 2**31 - 1), default=5000,
                    help="a peer silent this long fails (default 5000)")
     if seeder:
         p.add_argument("--ip", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-        p.add_argument("--port", type=int, default=7700, help="TCP port (default 7700)")
+        p.add_argument("--port", type=_int_in(0, 65535), default=7700,
+                       help="TCP port (default 7700; 0: any free one)")
         p.add_argument("--iface", default="", help="interface for AF_XDP (default: the one of "
                                                    "each connection)")
-        p.add_argument("--max-sessions", type=int, default=8,
+        p.add_argument("--max-sessions", type=_int_in(1, 1024), default=8,
                        help="fetchers served at once (default 8)")
-        p.add_argument("--stats-every", type=float, default=0,
-                       help="print the counters every N seconds (default: only at exit)")
+        p.add_argument("--stats-every", type=_seconds, default=0,
+                       help="print the counters every N seconds (default 0: only at exit)")
 
 
 def main(argv=None) -> int:
@@ -252,6 +276,8 @@ def main(argv=None) -> int:
         return demo_main(rest)
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.cmd == "load" and args.peer and (args.compare or args.list):
+        ap.error("--compare and --list read local files: they do not go with --peer")
     if args.cmd == "seed":
         try:
             return _seed(args)
@@ -266,7 +292,11 @@ def main(argv=None) -> int:
         except (SafetensorError, OSError, ValueError) as e:
             print(f"chainio load: {e}", file=sys.stderr)
             return 2
-    return _doctor(args)
+    try:
+        return _doctor(args)
+    except (OSError, ValueError) as e:  # the checkpoint argument
+        print(f"chainio doctor: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

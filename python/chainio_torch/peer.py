@@ -44,6 +44,11 @@ def _token(token: Optional[str]) -> str:
     return token
 
 
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+
+
 class Seeder:
     """Serves the regular files under ``root`` to fetchers presenting ``token`` (default: the
     ``CHAINIO_TOKEN`` environment variable) until ``stop()`` (or the end of a ``with`` block).
@@ -58,6 +63,11 @@ class Seeder:
                  max_sessions: int = 8, chunk_bytes: int = 8 << 20, idle_ms: int = 60000,
                  busy_poll: bool = False):
         root = os.fspath(root)
+        _check_int("port", port, 0, 65535)
+        _check_int("timeout_ms", timeout_ms, 1, 2**32 - 1)
+        _check_int("idle_ms", idle_ms, 1, 2**32 - 1)
+        _check_int("max_sessions", max_sessions, 1, 1024)
+        _check_int("chunk_bytes", chunk_bytes, 4096, 256 << 20)
         if not os.path.isdir(root):
             raise NotADirectoryError(errno.ENOTDIR, f"seeder root {root!r} is not a directory")
         self.root = root
@@ -98,6 +108,9 @@ class Remote:
                  timeout_ms: int, engine, local_root: Optional[str]):
         if isinstance(peers, str):
             peers = [peers]
+        _check_int("timeout_ms", timeout_ms, 1, 2**32 - 1)
+        if local_root is not None and not os.path.isdir(local_root):
+            raise NotADirectoryError(errno.ENOTDIR, f"local_root {local_root!r} is not a directory")
         self.fetcher = _C.PeerFetcher(list(peers), _token(token), transport=transport,
                                       timeout_ms=timeout_ms, engine=engine)
         self.engine = engine
@@ -265,11 +278,13 @@ def write_cached(path: str, prefix: bytes, header, buf: torch.Tensor) -> None:
             os.fsync(f.fileno())
         _keep_mtime(tmp, header.stat[3])
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename is None:  # ENOSPC & co. name no file
+            raise OSError(e.errno, f"caching {path}: {e.strerror}") from None
         raise
 
 

@@ -303,3 +303,37 @@ def test_cache_keeps_the_seeders_mtime_and_threads_share_a_cache_dir(root, seede
         assert (os.stat(os.path.join(cache, "ck", f)).st_mtime_ns ==
                 os.stat(os.path.join(root[0], "ck", f)).st_mtime_ns), f
     assert not [f for f in os.listdir(os.path.join(cache, "ck")) if ".part-" in f]
+
+
+@pytest.mark.parametrize("kwargs", [{"port": -1}, {"port": 70000}, {"timeout_ms": 0},
+                                    {"idle_ms": 0}, {"max_sessions": -3}, {"chunk_bytes": 5000},
+                                    {"ifname": "nosuch0"}])
+def test_seeder_settings_that_cannot_work_are_refused_at_start(root, kwargs):
+    with pytest.raises((ValueError, OSError)) as info:
+        chainio_torch.Seeder(root[0], TOKEN, ip="127.0.0.1", transport="tcp", **kwargs)
+    key = next(iter(kwargs))
+    assert key in str(info.value) or "nosuch0" in str(info.value), str(info.value)
+
+
+def test_fetch_settings_that_cannot_work_are_refused(root, seeder):
+    with pytest.raises(ValueError, match="timeout_ms"):
+        chainio_torch.load_file("one.safetensors", peers=peers(seeder), token=TOKEN, timeout_ms=0)
+    with pytest.raises(NotADirectoryError, match="local_root"):
+        chainio_torch.load_file("one.safetensors", peers=peers(seeder), token=TOKEN,
+                                local_root=os.path.join(root[0], "no-such-dir"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["seed", "{root}", "--port", "70000"], "outside 0..65535"),
+    (["seed", "{root}", "--max-sessions", "-3"], "outside 1..1024"),
+    (["seed", "{root}", "--stats-every", "nan"], "not a number of seconds"),
+    (["load", "x", "--peer", "127.0.0.1:1", "--timeout-ms", "-5"], "outside 1.."),
+    (["load", "x", "--peer", "127.0.0.1:1", "--compare"], "do not go with --peer"),
+    (["doctor", "{root}/no-such-checkpoint"], "chainio doctor:"),
+])
+def test_cli_bad_arguments_are_one_line_errors(root, argv, message):
+    argv = [a.format(root=root[0]) for a in argv]
+    out = subprocess.run([sys.executable, "-m", "chainio_torch", *argv], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "CHAINIO_TOKEN": TOKEN})
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr

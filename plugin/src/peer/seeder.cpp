@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <net/if.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -107,6 +108,10 @@ Result<std::unique_ptr<Seeder>> Seeder::start(const SeederOptions& options) {
     auto& o = st->o;
     if (o.net.auth.empty())
         return Status(EINVAL, "a seeder needs a token (fetchers must present it in the hello)");
+    if (o.net.timeout_ms == 0 || o.idle_ms == 0)
+        return Status(EINVAL, "timeout_ms and idle_ms must be > 0");
+    if (!o.net.ifname.empty() && if_nametoindex(o.net.ifname.c_str()) == 0)
+        return Status(ENODEV, "seeder interface '" + o.net.ifname + "'");
     if (o.max_sessions == 0 || o.max_sessions > 1024)
         return Status(EINVAL, "max_sessions must be 1..1024");
     if (o.chunk_bytes < 4096 || o.chunk_bytes % 4096 || o.chunk_bytes > (256u << 20))
