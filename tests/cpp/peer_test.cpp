@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "chainio/peer.h"
+#include "peer/protocol.h"
 #include "test_util.h"
 
 namespace chainio::peer {
@@ -136,6 +137,10 @@ TEST_F(PeerTest, RefusesPathsOutsideTheRootAndSpecialFiles) {
 
 TEST_F(PeerTest, TokenIsRequiredAndChecked) {
     EXPECT_EQ(Seeder::start(seeder_options(root(), "")).status().code(), -EINVAL);
+    EXPECT_EQ(Seeder::start(seeder_options(root(), std::string(proto::kMaxToken + 1, 't')))
+                  .status().code(), -EINVAL);
+    EXPECT_EQ(Fetcher::create({"127.0.0.1:1"}, fetch_options(std::string(proto::kMaxToken + 1, 't')))
+                  .status().code(), -EINVAL);
     auto s = Seeder::start(seeder_options(root()));
     ASSERT_TRUE(s);
     for (const char* token : {"wrong", "secre", "secrett", ""}) {

@@ -83,6 +83,9 @@ Result<std::unique_ptr<Fetcher>> Fetcher::create(const std::vector<std::string>&
                                                  const FetchOptions& options) {
     if (peers.empty()) return Status(EINVAL, "no seeders given");
     if (options.net.timeout_ms == 0) return Status(EINVAL, "timeout_ms must be > 0");
+    if (options.net.auth.size() > proto::kMaxToken)
+        return Status(EINVAL, "the token is longer than " + std::to_string(proto::kMaxToken) +
+                                  " bytes");
     if (options.piece_bytes < (1u << 20) || options.piece_bytes % 4096)
         return Status(EINVAL, "piece_bytes must be a multiple of 4096 of at least 1 MiB");
     auto st = std::make_unique<State>();

@@ -17,6 +17,8 @@ namespace chainio::peer::proto {
 constexpr size_t kMaxMessage = 1u << 20;
 /// Most extents one read request may carry.
 constexpr size_t kMaxExtents = 4096;
+/// Longest shared token (it travels in the hello, whose size the transport bounds).
+constexpr size_t kMaxToken = 4096;
 
 using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;  // (offset, length)
 

@@ -108,6 +108,9 @@ Result<std::unique_ptr<Seeder>> Seeder::start(const SeederOptions& options) {
     auto& o = st->o;
     if (o.net.auth.empty())
         return Status(EINVAL, "a seeder needs a token (fetchers must present it in the hello)");
+    if (o.net.auth.size() > proto::kMaxToken)
+        return Status(EINVAL, "the token is longer than " + std::to_string(proto::kMaxToken) +
+                                  " bytes");
     if (o.net.timeout_ms == 0 || o.idle_ms == 0)
         return Status(EINVAL, "timeout_ms and idle_ms must be > 0");
     if (!o.net.ifname.empty() && if_nametoindex(o.net.ifname.c_str()) == 0)
