@@ -3,8 +3,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <optional>
+#include <thread>
 
 #include "chainio/engine.h"
 #include "chainio/host_memory.h"
@@ -703,10 +707,39 @@ PYBIND11_MODULE(_C, m) {
                 info.size = size;
                 info.mtime_ns = mtime_ns;
                 chainio::peer::FetchReport report;
+                // The read runs on its own thread so that this one can take Ctrl-C (signals
+                // are handled on the main thread): the fetch is cancelled, and once it let go
+                // of the destinations the KeyboardInterrupt propagates.
                 Status st;
+                bool done = false;
+                std::mutex mu;
+                std::condition_variable cv;
+                std::thread reader([&] {
+                    Status r = f.read(path, info, ex, local_path, &report);
+                    std::lock_guard<std::mutex> lock(mu);
+                    st = r;
+                    done = true;
+                    cv.notify_all();
+                });
+                for (;;) {
+                    {
+                        py::gil_scoped_release release;
+                        std::unique_lock<std::mutex> lock(mu);
+                        if (cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return done; }))
+                            break;
+                    }
+                    if (PyErr_CheckSignals() != 0) {
+                        f.cancel();
+                        {
+                            py::gil_scoped_release release;
+                            reader.join();
+                        }
+                        throw py::error_already_set();  // after the join: no thread writes
+                    }
+                }
                 {
                     py::gil_scoped_release release;
-                    st = f.read(path, info, ex, local_path, &report);
+                    reader.join();
                 }
                 if (!st.is_ok()) raise_status(st);
                 return fetch_report_dict(report);

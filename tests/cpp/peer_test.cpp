@@ -5,11 +5,15 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstring>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -268,6 +272,56 @@ TEST_F(PeerTest, SilentConnectionsBlockNobody) {
     s.value()->stop();  // the silent hellos end now, not after their 5 s
     EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::milliseconds(2000));
     for (int fd : silent) close(fd);
+}
+
+// cancel() ends a read that waits on a stalled seeder well before the peer timeout, and the
+// next read connects again. The seeder runs in a child process that is stopped (SIGSTOP).
+TEST_F(PeerTest, CancelEndsAReadWaitingOnAStalledSeeder) {
+    int fds[2];
+    ASSERT_EQ(pipe(fds), 0);
+    const pid_t child = fork();  // this process has no threads yet
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(fds[0]);
+        auto s = Seeder::start(seeder_options(root()));
+        const uint16_t port = s ? s.value()->port() : 0;
+        if (write(fds[1], &port, sizeof(port)) != sizeof(port)) _exit(1);
+        for (;;) pause();
+    }
+    struct Reap {  // whatever fails below, the child goes (it holds the test's stdout)
+        pid_t pid;
+        ~Reap() {
+            kill(pid, SIGKILL);
+            waitpid(pid, nullptr, 0);
+        }
+    } reap{child};
+    close(fds[1]);
+    uint16_t port = 0;
+    ASSERT_EQ(read(fds[0], &port, sizeof(port)), ssize_t(sizeof(port)));
+    close(fds[0]);
+    ASSERT_NE(port, 0);
+    FetchOptions fo = fetch_options();
+    fo.net.timeout_ms = 10000;
+    auto f = Fetcher::create({"127.0.0.1:" + std::to_string(port)}, fo);
+    ASSERT_TRUE(f);
+    auto info = f.value()->stat("m/w.bin");  // connected
+    ASSERT_TRUE(info) << info.status().to_string();
+    ASSERT_EQ(kill(child, SIGSTOP), 0);
+    std::vector<uint8_t> got(data_.size());
+    Status st;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::thread reader([&] { st = f.value()->read("m/w.bin", info.value(), {{0, got.size(), got.data()}}); });
+    usleep(300'000);
+    f.value()->cancel();
+    reader.join();
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(st.code(), -ECANCELED) << st.to_string();
+    EXPECT_LT(took, std::chrono::milliseconds(3000)) << "waited for the peer timeout";
+    ASSERT_EQ(kill(child, SIGCONT), 0);
+    st = f.value()->read("m/w.bin", info.value(), {{0, got.size(), got.data()}});
+    EXPECT_TRUE(st.is_ok()) << st.to_string();
+    EXPECT_TRUE(matches(got, 0));
 }
 
 TEST_F(PeerTest, StopEndsLiveSessions) {

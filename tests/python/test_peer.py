@@ -337,3 +337,53 @@ def test_cli_bad_arguments_are_one_line_errors(root, argv, message):
                          text=True, timeout=120, env={**os.environ, "CHAINIO_TOKEN": TOKEN})
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_ctrl_c_ends_a_fetch_stalled_on_a_seeder(root, tmp_path):
+    # The seeder (its own process) is stopped with SIGSTOP once the fetcher has the header; the
+    # fetch then waits on it (timeout 30 s) until SIGINT, which must end it at once.
+    seeder = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import sys, time, chainio_torch
+s = chainio_torch.Seeder({root[0]!r}, {TOKEN!r}, ip="127.0.0.1", transport="tcp")
+print(s.port, flush=True)
+time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True)
+    fetcher = None
+    try:
+        port = int(seeder.stdout.readline())
+        fetcher = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time, torch
+from chainio_torch import peer
+remote = peer.Remote(["127.0.0.1:{port}"], {TOKEN!r}, "tcp", 30000, None, None)
+header, _ = remote.header("one.safetensors")
+buf = torch.empty(header.buffer_bytes, dtype=torch.uint8)
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.monotonic()
+try:
+    remote.fetch(header, buf)
+    print("finished")
+except KeyboardInterrupt:
+    print(f"interrupted after {{time.monotonic() - t0:.2f}} s", flush=True)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert fetcher.stdout.readline().strip() == "ready"
+        os.kill(seeder.pid, signal.SIGSTOP)
+        fetcher.stdin.write("go\n")
+        fetcher.stdin.flush()
+        import time
+
+        time.sleep(0.5)
+        fetcher.send_signal(signal.SIGINT)
+        out, _ = fetcher.communicate(timeout=20)
+        assert out.startswith("interrupted after"), out
+        assert float(out.split()[2]) < 3.0, out
+    finally:
+        for p in (fetcher, seeder):
+            if p is not None:
+                try:
+                    os.kill(p.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+                p.kill()
+                p.wait()

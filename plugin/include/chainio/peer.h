@@ -152,6 +152,10 @@ public:
     Status read(const std::string& path, const FileInfo& info,
                 const std::vector<FetchExtent>& extents, const std::string& local_path = "",
                 FetchReport* report = nullptr);
+    /// From another thread: ends the read() in progress, which returns -ECANCELED once no
+    /// thread of it touches a destination any more (a seeder connecting at that moment may take
+    /// up to the timeout). Its sessions are closed; the next read() connects again.
+    void cancel();
 
     struct State;
 

@@ -8,6 +8,7 @@
 #include <netdb.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <mutex>
@@ -64,6 +65,21 @@ struct Fetcher::State {
     std::vector<Peer> peers;
     FetchOptions o;
     std::unique_ptr<Engine> own_engine;
+    // cancel() aborts the sessions from another thread: every change of a Peer::session is
+    // made under this lock.
+    std::mutex sessions_mu;
+    std::atomic<bool> cancelled{false};
+
+    void set_session(Peer& p, std::unique_ptr<net::Session> s) {
+        std::unique_ptr<net::Session> old;
+        {
+            std::lock_guard<std::mutex> lock(sessions_mu);
+            old = std::move(p.session);
+            p.session = std::move(s);
+            if (p.session && cancelled) p.session->abort();
+        }
+        if (old) old->close();
+    }
 
     Status connect(Peer& p);
     // One request and its JSON reply. A session that sat idle may have been closed by the
@@ -124,13 +140,10 @@ Result<std::unique_ptr<Fetcher>> Fetcher::create(const std::vector<std::string>&
 }
 
 Status Fetcher::State::connect(Peer& p) {
-    if (p.session) {
-        p.session->close();
-        p.session.reset();
-    }
+    set_session(p, nullptr);
     auto s = net::Session::connect(p.ip, p.port, o.net);
     if (!s) return Status(s.status().code(), "seeder " + p.name + ": " + s.status().message());
-    p.session = std::move(s.value());
+    set_session(p, std::move(s.value()));
     p.transport = net::transport_name(p.session->kind());
     p.last_used_ns = net::now_ns();
     return {};
@@ -140,10 +153,7 @@ void Fetcher::State::drop(Peer& p, const Status& why) {
     p.error = why.to_string();
     p.code = why.error_number();
     log::write(log::Level::kWarn, "fetch: dropping seeder " + p.name + ": " + p.error);
-    if (p.session) {
-        p.session->close();
-        p.session.reset();
-    }
+    set_session(p, nullptr);
 }
 
 Result<json> Fetcher::State::request(Peer& p, const json& req) {
@@ -168,7 +178,7 @@ Result<json> Fetcher::State::request(Peer& p, const json& req) {
         }
         if (fresh || !was_idle || attempt > 0)
             return Status(st.code(), "seeder " + p.name + ": " + st.message());
-        p.session.reset();  // reconnect once: the seeder may have closed the idle session
+        set_session(p, nullptr);  // reconnect once: the seeder may have closed the idle session
     }
 }
 
@@ -258,13 +268,14 @@ Status Fetcher::read(const std::string& path, const FileInfo& info,
     std::vector<std::string> refused(s.peers.size());  // file-level refusals, this call only
     std::vector<int> refused_code(s.peers.size(), 0);
 
+    s.cancelled = false;
     auto work = [&](size_t idx) {
         State::Peer& p = s.peers[idx];
         for (;;) {
             Piece piece;
             {
                 std::lock_guard<std::mutex> lock(mu);
-                if (queue.empty()) return;
+                if (queue.empty() || s.cancelled) return;
                 piece = queue.front();
                 queue.pop_front();
             }
@@ -307,6 +318,7 @@ Status Fetcher::read(const std::string& path, const FileInfo& info,
             if (st) continue;
             std::lock_guard<std::mutex> lock(mu);
             queue.push_front({piece.offset + got, piece.length - got, piece.dst + got});
+            if (s.cancelled) return;  // not the seeder's fault: it stays
             if (session_error) s.drop(p, st);
             else {
                 refused[idx] = st.to_string();
@@ -322,7 +334,7 @@ Status Fetcher::read(const std::string& path, const FileInfo& info,
         std::vector<size_t> live;
         for (size_t i = 0; i < s.peers.size(); ++i)
             if (!s.peers[i].dead() && refused[i].empty()) live.push_back(i);
-        if (queue.empty() || live.empty()) break;
+        if (queue.empty() || live.empty() || s.cancelled) break;
         if (live.size() == 1) {
             work(live[0]);
         } else {
@@ -334,7 +346,10 @@ Status Fetcher::read(const std::string& path, const FileInfo& info,
 
     uint64_t local_bytes = 0;
     Status result;
-    if (!queue.empty()) {
+    if (s.cancelled) {
+        for (auto& p : s.peers) s.set_session(p, nullptr);  // aborted: the next read reconnects
+        result = Status(ECANCELED, "'" + path + "': fetch cancelled");
+    } else if (!queue.empty()) {
         std::string why;
         for (size_t i = 0; i < s.peers.size(); ++i)
             why += " [" + s.peers[i].name + ": " +
@@ -394,6 +409,14 @@ Status Fetcher::read(const std::string& path, const FileInfo& info,
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
     return result;
+}
+
+void Fetcher::cancel() {
+    State& s = *state_;
+    std::lock_guard<std::mutex> lock(s.sessions_mu);
+    s.cancelled = true;
+    for (auto& p : s.peers)
+        if (p.session) p.session->abort();
 }
 
 }  // namespace chainio::peer
