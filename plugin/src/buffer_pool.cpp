@@ -15,6 +15,9 @@ Result<std::unique_ptr<BufferPool>> BufferPool::create(const BufferPoolOptions& 
                                   " is not a positive multiple of 4096");
     }
     if (options.bytes == 0) return Status(EINVAL, "BufferPool: size is 0");
+    if (options.bytes > (size_t(1) << 48))  // keeps the rounding below from wrapping
+        return Status(ENOMEM, "BufferPool: " + std::to_string(options.bytes) +
+                                  " bytes is more memory than a machine has");
     size_t size = (options.bytes + chunk - 1) / chunk * chunk;
 
     HostRegionOptions ro;

@@ -111,7 +111,11 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
     opt.pool_bytes = std::max(opt.pool_bytes, opt.io_bytes * opt.workers);
     if (env_disables("CHAINIO_REGISTER_BUFFERS")) opt.register_buffers = false;
 
+    if (opt.pool_bytes > (size_t(1) << 48))  // also keeps the rounding below from wrapping
+        return Status(ENOMEM, "pool_bytes " + std::to_string(opt.pool_bytes) +
+                                  " is more memory than a machine has");
     std::unique_ptr<Engine> engine(new Engine());
+    engine->owner_pid_ = getpid();
     EngineInfo& info = engine->info_;
     info.workers = opt.workers;
     info.queue_depth = opt.queue_depth;
@@ -185,9 +189,21 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
     return engine;
 }
 
-Engine::~Engine() { workers_.clear(); }
+Engine::~Engine() {
+    if (owner_pid_ != 0 && getpid() != owner_pid_) {
+        // A child after fork(): the worker threads were not copied, and joining them would
+        // wait forever. Their objects are left to the process's end.
+        for (auto& w : workers_) (void)w.release();
+        return;
+    }
+    workers_.clear();
+}
 
 Result<ReadHandle> Engine::read(const std::vector<ReadExtent>& extents, const ReadOptions& options) {
+    if (getpid() != owner_pid_)
+        return Status(ECHILD, "this engine's workers belong to process " +
+                                  std::to_string(owner_pid_) +
+                                  " (used after fork()): create a new engine in this process");
     auto req = std::make_shared<detail::Request>();
     const bool want_direct = options.mode != IoMode::kBuffered;
 

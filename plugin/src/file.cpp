@@ -74,6 +74,11 @@ Result<std::shared_ptr<FileRef>> open_file(const std::string& path, int fd, bool
     if (fd >= 0) {
         file->name = path.empty() ? "fd " + std::to_string(fd) : path;
         file->fd = fd;
+        // The O_DIRECT reopen below goes through /proc: it must not grant what the caller's
+        // descriptor does not (a write-only fd is not readable).
+        const int fl = fcntl(fd, F_GETFL);
+        if (fl < 0) return Status::from_errno(file->name);
+        if ((fl & O_ACCMODE) == O_WRONLY) return Status(EBADF, file->name + ": opened write-only");
     } else {
         file->name = path;
         // O_NONBLOCK so that a FIFO is refused below instead of blocking the open until a

@@ -126,6 +126,9 @@ const char* to_string(PageBacking backing) {
 
 Result<std::unique_ptr<HostRegion>> HostRegion::allocate(size_t bytes, const HostRegionOptions& options) {
     if (bytes == 0) return Status(EINVAL, "HostRegion: size is 0");
+    if (bytes > (size_t(1) << 48))  // also keeps the page rounding below from wrapping
+        return Status(ENOMEM, "HostRegion: " + std::to_string(bytes) +
+                                  " bytes is more memory than a machine has");
     if (options.hugetlb && bytes >= options.hugetlb_min_bytes) {
         const size_t len = round_up(bytes, kHugePage);
         // mmap first: without a pool (most machines) it fails at once, and the cgroup files are

@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <climits>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -68,8 +70,10 @@ Backend parse_backend(const std::string& backend) {
 // A path (str / os.PathLike) or an open file descriptor (int).
 void set_source(ReadExtent& e, const py::handle& src) {
     if (py::isinstance<py::int_>(src)) {
-        int fd = src.cast<int>();
-        if (fd < 0) throw py::value_error("file descriptor must be >= 0");
+        const long long v = PyLong_AsLongLong(src.ptr());
+        if (v == -1 && PyErr_Occurred()) PyErr_Clear();
+        if (v < 0 || v > INT_MAX) throw py::value_error("file descriptor must be 0.." + std::to_string(INT_MAX));
+        const int fd = static_cast<int>(v);
         e.fd = fd;
         return;
     }
@@ -81,6 +85,8 @@ void set_source(ReadExtent& e, const py::handle& src) {
         throw py::value_error("path must be str, bytes, os.PathLike or an int fd");
     e.path = path.cast<std::string>();
     if (e.path.empty()) throw py::value_error("empty path");
+    if (e.path.find('\0') != std::string::npos)
+        throw py::value_error("path has an embedded null byte");
 }
 
 uint64_t checked_u64(long long v, const char* what) {
@@ -88,17 +94,39 @@ uint64_t checked_u64(long long v, const char* what) {
     return static_cast<uint64_t>(v);
 }
 
-/// A handle plus the Python objects whose memory it writes into.
+/// A handle plus the Python objects whose memory it writes into. Dropping it waits for the
+/// read: `keepalive` must outlive every write into it.
 struct PyReadHandle {
     ReadHandle handle;
     py::object keepalive;
 
+    PyReadHandle(ReadHandle h, py::object k) : handle(std::move(h)), keepalive(std::move(k)) {}
+    PyReadHandle(PyReadHandle&&) = default;
+    PyReadHandle(const PyReadHandle&) = delete;
+    ~PyReadHandle() {
+        if (!handle.valid() || handle.done()) return;
+#if PY_VERSION_HEX >= 0x030D0000
+        const bool finalizing = Py_IsFinalizing();
+#else
+        const bool finalizing = _Py_IsFinalizing();
+#endif
+        if (!finalizing && PyGILState_Check()) {
+            py::gil_scoped_release release;
+            (void)handle.wait();
+        } else {
+            (void)handle.wait();
+        }
+    }
+
     uint64_t wait(std::optional<double> timeout) {
+        if (timeout && std::isnan(*timeout)) throw py::value_error("timeout is NaN");
+        // Beyond a day (inf included) is no limit; the clock cannot hold much more.
+        if (timeout && *timeout > 86400.0) timeout.reset();
         Status st;
         {
             py::gil_scoped_release release;
             st = timeout ? handle.wait_for(std::chrono::milliseconds(
-                               static_cast<long long>(*timeout * 1000.0)))
+                               static_cast<long long>(std::max(*timeout, 0.0) * 1000.0)))
                          : handle.wait();
         }
         if (st.code() == -ETIMEDOUT && !handle.done()) {
@@ -408,7 +436,7 @@ PYBIND11_MODULE(_C, m) {
                     h = engine.read(list, {m, populate});
                 }
                 if (!h) raise_status(h.status());
-                return PyReadHandle{*h, std::move(keepalive)};
+                return PyReadHandle(*h, std::move(keepalive));
             },
             py::arg("extents"), py::arg("mode") = "auto", py::arg("keepalive") = py::none(),
             py::arg("populate") = false,
@@ -476,6 +504,9 @@ PYBIND11_MODULE(_C, m) {
                 std::vector<chainio::net::Span> spans;
                 for (const py::handle& o : objects) {
                     infos.push_back(py::reinterpret_borrow<py::buffer>(o).request());
+                    if (!PyBuffer_IsContiguous(infos.back().view(), 'C'))
+                        throw py::value_error("object " + std::to_string(infos.size() - 1) +
+                                              " is not a C-contiguous buffer");
                     spans.push_back({infos.back().ptr,
                                      static_cast<size_t>(infos.back().size * infos.back().itemsize)});
                 }
@@ -508,8 +539,12 @@ PYBIND11_MODULE(_C, m) {
             "recv_into",
             [](PySession& self, const py::list& buffers) {
                 std::vector<py::buffer_info> infos;
-                for (const py::handle& o : buffers)
+                for (const py::handle& o : buffers) {
                     infos.push_back(py::reinterpret_borrow<py::buffer>(o).request(true));
+                    if (!PyBuffer_IsContiguous(infos.back().view(), 'C'))
+                        throw py::value_error("buffer " + std::to_string(infos.size() - 1) +
+                                              " is not C-contiguous");
+                }
                 auto place = [&](size_t i, size_t size) -> void* {
                     if (i >= infos.size()) return nullptr;
                     const size_t cap = static_cast<size_t>(infos[i].size * infos[i].itemsize);
@@ -535,7 +570,11 @@ PYBIND11_MODULE(_C, m) {
                 py::gil_scoped_release release;
                 self.s->close();
             }
-        });
+        })
+        .def("abort", [](PySession& self) {
+            if (self.s) self.s->abort();
+        }, "From another thread: end the session now; a send()/recv() in progress fails with "
+           "a connection error (then close() it).");
 
     py::class_<chainio::net::Listener>(m, "NetListener", "A TCP port accepting ChainIO peers.")
         .def(py::init([](const std::string& ip, uint16_t port, const std::string& transport,

@@ -49,12 +49,22 @@ _default_engine: Optional[Engine] = None
 
 
 def default_engine() -> Engine:
-    """The process-wide engine, created on first use with default options."""
+    """The process-wide engine, created on first use with default options (in a child after
+    ``fork()``, a new one: an engine's worker threads stay in the process that made it)."""
     global _default_engine
     with _engine_lock:
         if _default_engine is None:
             _default_engine = Engine()
         return _default_engine
+
+
+def _after_fork_in_child() -> None:
+    global _default_engine, _engine_lock
+    _engine_lock = threading.Lock()  # another thread may have held it at the fork
+    _default_engine = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def empty_aligned(nbytes: int, alignment: int = 4096):

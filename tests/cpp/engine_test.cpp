@@ -181,6 +181,27 @@ TEST_P(EngineTest, BadArgumentsAreInvalid) {
         << "a directory is not a regular file";
 }
 
+TEST_P(EngineTest, WriteOnlyFdIsNotReadableInAnyMode) {
+    // O_DIRECT reopens a caller's fd through /proc: that must not make a write-only fd readable.
+    std::string path = dir_.file("wo");
+    write_file(path, pattern(8192, 3));
+    const int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    std::vector<uint8_t> out(4096);
+    for (IoMode mode : {IoMode::kAuto, IoMode::kDirect, IoMode::kBuffered}) {
+        Status st = engine_->read_sync({{"", fd, 0, 4096, out.data()}}, {mode});
+        EXPECT_EQ(st.code(), -EBADF) << st.to_string();
+    }
+    close(fd);
+}
+
+TEST(EngineOptions, PoolLargerThanAnyMachineIsEnomemNotAWrap) {
+    for (size_t bytes : {size_t(1) << 50, ~size_t(0) - (1u << 20), ~size_t(0)}) {
+        auto e = Engine::create({.pool_bytes = bytes});
+        EXPECT_EQ(e.status().code(), -ENOMEM) << bytes;
+    }
+}
+
 TEST_P(EngineTest, FifoIsRefusedWithoutBlocking) {
     // open(O_RDONLY) of a FIFO waits for a writer: the engine must refuse the path at once (the
     // alarm ends the test binary if it blocks).

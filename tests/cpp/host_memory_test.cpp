@@ -37,6 +37,17 @@ long own_hugetlb_kb() {
     return -1;
 }
 
+TEST(HostRegion, SizesNearTheTopOfSizeTAreEnomemNotAWrap) {
+    for (bool transparent : {false, true}) {
+        HostRegionOptions o;
+        o.transparent = transparent;
+        for (size_t bytes : {size_t(1) << 50, ~size_t(0) - (1u << 20), ~size_t(0)}) {
+            auto r = HostRegion::allocate(bytes, o);
+            EXPECT_EQ(r.status().code(), -ENOMEM) << bytes;
+        }
+    }
+}
+
 TEST(HostRegion, SmallRegionsArePlainPagesAndWritable) {
     auto r = HostRegion::allocate(5000);
     ASSERT_TRUE(r.is_ok()) << r.status().to_string();

@@ -179,3 +179,104 @@ def test_empty_aligned():
     assert a.ctypes.data % 4096 == 0 and a.size == 12345 and not a.any()
     with pytest.raises(ValueError):
         chainio_torch.empty_aligned(10, alignment=3)
+
+
+def test_dropping_a_handle_waits_for_its_read(data_file):
+    # The handle holds the destinations (keepalive): dropped while the read runs, it must wait
+    # for it instead of freeing memory the workers still write into.
+    path, payload = data_file(32 << 20, seed=8)
+    e = Engine(workers=1, queue_depth=1, io_bytes=256 << 10, pool_bytes=1 << 20)
+    for _ in range(5):
+        a = np.empty(32 << 20, dtype=np.uint8)
+        before = e.stats()["bytes_read"]
+        h = e.submit([(path, 0, 32 << 20, a.ctypes.data)], mode="direct", keepalive=a)
+        del h, a  # the read had barely started (O_DIRECT, one 256 KiB read at a time)
+        assert e.stats()["bytes_read"] - before == 32 << 20
+
+
+def test_wait_timeouts_infinite_huge_and_nan(engine, data_file):
+    path, payload = data_file(1 << 20, seed=9)
+    a = chainio_torch.empty_aligned(1 << 20)
+    h = engine.submit([(path, 0, 1 << 20, a.ctypes.data)], keepalive=a)
+    with pytest.raises(ValueError, match="NaN"):
+        h.wait(timeout=float("nan"))
+    assert h.wait(timeout=float("inf")) == 1 << 20
+    assert h.wait(timeout=1e10) == 1 << 20
+    assert a.tobytes() == payload
+
+
+def test_paths_with_a_null_byte_are_refused(engine, data_file):
+    path, _ = data_file(100, seed=10)
+    with pytest.raises(ValueError, match="null byte"):
+        engine.read_into(path + "\0.bin", bytearray(10))
+    with pytest.raises(ValueError, match="null byte"):
+        chainio_torch._C.read_safetensors_header(path + "\0")
+
+
+def test_fd_out_of_range_is_a_value_error(engine):
+    for fd in (2**31, 2**63, -1):
+        with pytest.raises(ValueError, match="file descriptor"):
+            engine.read_into(fd, bytearray(10))
+
+
+def test_engine_after_fork(data_file):
+    # An engine's workers are threads of the process that made it: in a child an explicit
+    # engine refuses (ChildProcessError), and the default engine is a new one there.
+    path, payload = data_file(1 << 20, seed=11)
+    e = Engine(workers=2)
+    assert chainio_torch.read_into(path, bytearray(1 << 20)) == 1 << 20  # default engine made
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            try:
+                e.read_into(path, bytearray(10))
+            except ChildProcessError as err:
+                assert "fork" in str(err)
+                buf = bytearray(1 << 20)
+                chainio_torch.read_into(path, buf)
+                code = 0 if bytes(buf) == payload else 3
+            else:
+                code = 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    import select
+
+    ready, _, _ = select.select([r], [], [], 30)
+    got = os.read(r, 1) if ready else b""
+    os.close(r)
+    if not got:
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    assert got == b"\0", (got, status)
+    assert e.read_into(path, bytearray(10)) == 10  # the parent's engine still works
+
+
+def test_session_buffers_must_be_contiguous():
+    from chainio_torch import _C
+
+    import threading
+
+    listener = _C.NetListener("127.0.0.1", 0, transport="tcp", timeout_ms=5000)
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("s", listener.accept(timeout_ms=5000)))
+    t.start()
+    c = _C.net_connect("127.0.0.1", listener.port, transport="tcp", timeout_ms=5000)
+    t.join()
+    s = box["s"]
+    try:
+        with pytest.raises(ValueError, match="C-contiguous"):
+            c.send([np.arange(20, dtype=np.int32)[::2]])
+        with pytest.raises(ValueError, match="C-contiguous"):
+            s.recv_into([np.zeros(16, np.int32)[4:12][::-1]])
+        # The session still works (send() returns once the peer confirmed: recv alongside).
+        sender = threading.Thread(target=c.send, args=([np.arange(10, dtype=np.int32)],))
+        sender.start()
+        assert bytes(s.recv()[0]) == np.arange(10, dtype=np.int32).tobytes()
+        sender.join()
+    finally:
+        c.close()
+        s.close()

@@ -124,6 +124,8 @@ public:
     /// Submits extents and returns at once. Files given by path are opened here (an open error
     /// is returned directly, e.g. -ENOENT, -EACCES); an extent past the end of its file gives
     /// -EINVAL naming the file. A file shrinking during the read fails the handle with -EIO.
+    /// The workers are threads of the process that created the engine: in a child after
+    /// fork() they do not exist, and read() returns -ECHILD (create a new engine there).
     Result<ReadHandle> read(const std::vector<ReadExtent>& extents, const ReadOptions& options = {});
     /// read() then wait().
     Status read_sync(const std::vector<ReadExtent>& extents, const ReadOptions& options = {});
@@ -138,6 +140,7 @@ private:
     std::vector<std::unique_ptr<Worker>> workers_;
     std::atomic<unsigned> next_worker_{0};
     std::atomic<uint64_t> requests_{0};
+    int owner_pid_ = 0;  ///< getpid() at create()
 };
 
 /// Fraction of the file at `path` in the page cache, as auto mode measures it (cachestat(2), or
