@@ -164,13 +164,21 @@ def memory_summary(before: Dict[str, int], after: Dict[str, int]) -> str:
 
 
 def view_tensor(buf: torch.Tensor, base: int, entry: TensorEntry, path: str) -> torch.Tensor:
-    """The tensor ``entry`` as a view of ``buf`` (whose byte ``base`` is data offset 0); a copy
-    when its offset is not a multiple of the element size (never a misaligned view)."""
+    """The tensor ``entry`` over its bytes in ``buf`` (whose byte ``base`` is data offset 0),
+    without a copy; a copy when its offset is not a multiple of the element size (never a
+    misaligned view).
+
+    On the CPU each tensor gets a storage of its own over just its bytes (as safetensors' own
+    tensors have): ``torch.save`` then writes only those bytes, and a file's tensors of different
+    dtypes do not share one storage, which ``torch.save`` refuses. The memory is still the one
+    buffer, freed with the last tensor of the file."""
     dtype = torch_dtype(entry, path)
     shape = _torch_shape(entry, path)
     if entry.begin == entry.end:  # no bytes, no alignment to keep (torch's data_ptr() is 0)
         return torch.empty(shape, dtype=dtype, device=buf.device)
     flat = buf[base + entry.begin: base + entry.end]
+    if flat.device.type == "cpu":
+        flat = torch.frombuffer(flat.numpy(), dtype=torch.uint8)  # holds `flat`, hence `buf`
     if flat.data_ptr() % dtype.itemsize == 0:
         return flat.view(dtype).reshape(shape)
     out = torch.empty(shape, dtype=dtype, device=buf.device)

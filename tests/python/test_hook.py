@@ -373,3 +373,19 @@ def test_autopatch_pth_line_does_nothing_when_unset(monkeypatch):
     before = set(sys.modules), list(sys.meta_path)
     exec(line, {})
     assert (set(sys.modules), list(sys.meta_path)) == before
+
+
+def test_torch_save_of_what_the_hook_loaded(workdir):
+    # A safetensors -> .bin conversion: torch.save must take what load_file returned.
+    import io
+
+    path = os.path.join(workdir, "convert.safetensors")
+    tensors = {"w": torch.randn(4, 4).to(torch.bfloat16), "s": torch.randn(4)}
+    st.save_file(tensors, path)
+    chainio_torch.patch(mode="always")
+    got = st.load_file(path)
+    assert chainio_torch.stats()["paths"][path]["chainio_bytes"] > 0
+    saved = io.BytesIO()
+    torch.save(got, saved)
+    back = torch.load(io.BytesIO(saved.getvalue()))
+    assert all(same_bytes(back[k], tensors[k]) for k in tensors)

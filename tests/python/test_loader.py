@@ -438,3 +438,24 @@ def test_cli_load_bad_device_is_a_clear_error(workdir):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("chainio load: --device bogus") and "Traceback" not in out.stderr
+
+
+def test_each_tensor_has_a_storage_of_its_own_and_torch_save_works(workdir):
+    # As with safetensors: torch.save of a loaded dict (mixed dtypes from one file) works, and
+    # saving one tensor writes its bytes only, not the whole file's buffer.
+    import io
+
+    path = os.path.join(workdir, "own-storage.safetensors")
+    tensors = {"w": torch.randn(64, 48).to(torch.bfloat16), "b": torch.arange(7, dtype=torch.int64),
+               "s": torch.randn(5), "odd": torch.arange(3, dtype=torch.uint8)}
+    st.save_file(tensors, path)
+    for got in (chainio_torch.load_file(path), chainio_torch.load_checkpoint(path)):
+        for k, v in got.items():
+            assert v.untyped_storage().nbytes() == v.numel() * v.element_size(), k
+        saved = io.BytesIO()
+        torch.save(got, saved)
+        back = torch.load(io.BytesIO(saved.getvalue()))
+        assert all(same_bytes(back[k], tensors[k]) for k in tensors)
+    with chainio_torch.safe_open(path, framework="pt") as f:
+        b = f.get_tensor("b")
+    assert b.untyped_storage().nbytes() == 7 * 8
