@@ -531,6 +531,7 @@ def _served_class():
             self._closed = True
             self._whole_file = None  # the tensors handed out keep the buffer alive
             unused = self._drain()
+            self._close_fd()
             if unused:
                 _stats.read_ahead_unused(self._key, unused)
             return None
@@ -570,7 +571,7 @@ def _served_class():
                 buf, handle = whole
                 if handle is not None:
                     handle.wait()  # a read error raises here, as the read itself would
-                loader._check_unchanged(self._header)
+                loader._check_unchanged(self._header, self._source())
                 t = loader.view_tensor(buf, self._header.shift, entry, self._header.path)
                 if self._device.type != "cpu":
                     t = t.to(self._device)

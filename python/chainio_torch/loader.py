@@ -194,8 +194,14 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
                        b.detach().cpu().contiguous().reshape(-1).view(torch.uint8))
 
 
-def _check_unchanged(header: FileHeader) -> None:
-    now = _identity(header.path)
+def _check_unchanged(header: FileHeader, fd: Optional[int] = None) -> None:
+    """Raises OSError(EIO) when the file (by path, or the open ``fd``) is not the one whose
+    header was read."""
+    if fd is None:
+        now = _identity(header.path)
+    else:
+        st = os.fstat(fd)
+        now = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if now != header.stat:
         raise OSError(5, f"{header.path}: file changed while loading (size {header.stat[2]} -> "
                          f"{now[2]}, or replaced/modified); the loaded bytes are discarded")
@@ -557,7 +563,18 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
             raise ValueError(f"chainio_torch.safe_open serves framework='pt' only, got {framework!r}")
         if readahead < 0:
             raise ValueError(f"readahead must be >= 0 bytes, got {readahead}")
+        self._fd = -1
         self._header = read_header(filename)
+        # Reads go through a descriptor opened now, as safetensors maps the file at open: a
+        # file renamed over, deleted or a changed working directory later do not matter.
+        fd = os.open(self._header.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            os.set_blocking(fd, True)
+            _check_unchanged(self._header, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         self._device = _resolve_device(device)
         self._engine = _engine(engine)
         self._readahead = int(readahead)
@@ -573,13 +590,26 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
 
     def __exit__(self, *exc) -> None:
         self._drain()
+        self._close_fd()
         return None
 
     def __del__(self):
         try:
             self._drain()
+            self._close_fd()
         except Exception:  # noqa: BLE001  (interpreter shutdown)
             pass
+
+    def _close_fd(self) -> None:
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _source(self) -> int:
+        """The file's descriptor; after ``__exit__`` the file is closed, as in safetensors."""
+        if self._fd < 0:
+            raise SafetensorError("File is closed")
+        return self._fd
 
     def _drain(self) -> int:
         """Wait for the reads still in flight (their buffers must outlive them) and drop every
@@ -627,12 +657,12 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
             buf = aligned_buffer(shift + n)
             if n:
                 try:
-                    self._engine.read_into_address(h.path, buf.data_ptr() + shift, n,
+                    self._engine.read_into_address(self._source(), buf.data_ptr() + shift, n,
                                                    h.data_offset + entry.begin)
                 except ValueError:  # e.g. an extent past the end: did the file change?
-                    _check_unchanged(h)
+                    _check_unchanged(h, self._source())
                     raise
-        _check_unchanged(h)
+        _check_unchanged(h, self._source())
         t = view_tensor(buf, shift - entry.begin, entry, h.path)
         return t if self._device.type == "cpu" else t.to(self._device)
 
@@ -641,7 +671,7 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
         n = entry.end - entry.begin
         shift = (h.data_offset + entry.begin) % _ALIGN
         buf = aligned_buffer(shift + n)
-        handle = self._engine.submit([(h.path, h.data_offset + entry.begin, n,
+        handle = self._engine.submit([(self._source(), h.data_offset + entry.begin, n,
                                        buf.data_ptr() + shift)], keepalive=buf) if n else None
         return buf, handle, shift
 

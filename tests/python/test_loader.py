@@ -459,3 +459,27 @@ def test_each_tensor_has_a_storage_of_its_own_and_torch_save_works(workdir):
     with chainio_torch.safe_open(path, framework="pt") as f:
         b = f.get_tensor("b")
     assert b.untyped_storage().nbytes() == 7 * 8
+
+
+def test_safe_open_reads_the_file_it_opened(workdir):
+    # As safetensors maps the file at open: deleting it, renaming another file over it or
+    # changing directory afterwards does not change what get_tensor returns.
+    path = os.path.join(workdir, "opened.safetensors")
+    first = {"a": torch.arange(1000.0), "b": torch.arange(50, dtype=torch.int64)}
+    st.save_file(first, path)
+    fds = len(os.listdir("/proc/self/fd"))
+    f = chainio_torch.safe_open(path, framework="pt", readahead=1 << 20)
+    g = chainio_torch.safe_open(path, framework="pt")
+    other = path + ".new"
+    st.save_file({"a": torch.zeros(1000), "b": torch.zeros(50, dtype=torch.int64)}, other)
+    os.replace(other, path)  # renamed over
+    assert same_bytes(f.get_tensor("a"), first["a"]) and same_bytes(g.get_tensor("b"), first["b"])
+    os.unlink(path)
+    assert same_bytes(f.get_tensor("b"), first["b"]) and same_bytes(g.get_tensor("a"), first["a"])
+    assert same_bytes(g.get_slice("a")[10:20], first["a"][10:20])
+    with f:
+        pass
+    with pytest.raises(SafetensorError, match="File is closed"):
+        f.get_tensor("a")
+    del g
+    assert len(os.listdir("/proc/self/fd")) == fds, "descriptors closed"
