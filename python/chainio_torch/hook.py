@@ -446,10 +446,15 @@ def load(data, *args, **kwargs):
 
 
 def _rejected(ours, key, path, call):
-    """ChainIO's parser refused the file: let safetensors try; if it refuses too, raise ours."""
+    """ChainIO's parser refused the file: let safetensors try. If it refuses it as malformed
+    too, raise ours (it names file, tensor and reason); any other error of the original (an
+    OSError for /dev/null, say) is raised as it is, so that callers catch what they would
+    unpatched."""
+    import safetensors
+
     try:
         out = call()
-    except Exception:
+    except safetensors.SafetensorError:
         raise ours from None
     _stats.passed(key, _file_size(path), f"ChainIO's parser rejected it: {ours}"[:300])
     return out

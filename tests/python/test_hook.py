@@ -389,3 +389,17 @@ def test_torch_save_of_what_the_hook_loaded(workdir):
     torch.save(got, saved)
     back = torch.load(io.BytesIO(saved.getvalue()))
     assert all(same_bytes(back[k], tensors[k]) for k in tensors)
+
+
+def test_errors_of_the_original_keep_their_type_under_the_hook():
+    # /dev/null: safetensors raises OSError; so must the hook (not its own SafetensorError).
+    try:
+        st.load_file("/dev/null")
+    except Exception as e:  # noqa: BLE001
+        unpatched = type(e)
+    else:
+        pytest.skip("this safetensors loads /dev/null")
+    chainio_torch.patch(mode="always")
+    with pytest.raises(Exception) as info:
+        st.load_file("/dev/null")
+    assert type(info.value) is unpatched, (type(info.value), unpatched)
