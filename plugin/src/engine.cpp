@@ -1,11 +1,14 @@
 #include "chainio/engine.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "chainio/buffer_pool.h"
@@ -73,6 +76,11 @@ Status ReadHandle::status() const {
 
 namespace {
 
+// Bumped in every child that fork() makes: an engine compares it with the value at its
+// creation instead of calling getpid() on every read.
+std::atomic<unsigned> g_forks{0};
+std::once_flag g_atfork_once;
+
 constexpr double kBufferedWhenCached = 0.5;  // auto mode: page cache copy beats the device
 
 Backend backend_from_env(Backend requested) {
@@ -115,7 +123,11 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
         return Status(ENOMEM, "pool_bytes " + std::to_string(opt.pool_bytes) +
                                   " is more memory than a machine has");
     std::unique_ptr<Engine> engine(new Engine());
+    std::call_once(g_atfork_once, [] {
+        pthread_atfork(nullptr, nullptr, [] { g_forks.fetch_add(1, std::memory_order_relaxed); });
+    });
     engine->owner_pid_ = getpid();
+    engine->fork_generation_ = g_forks.load();
     EngineInfo& info = engine->info_;
     info.workers = opt.workers;
     info.queue_depth = opt.queue_depth;
@@ -200,7 +212,7 @@ Engine::~Engine() {
 }
 
 Result<ReadHandle> Engine::read(const std::vector<ReadExtent>& extents, const ReadOptions& options) {
-    if (getpid() != owner_pid_)
+    if (g_forks.load(std::memory_order_relaxed) != fork_generation_ && getpid() != owner_pid_)
         return Status(ECHILD, "this engine's workers belong to process " +
                                   std::to_string(owner_pid_) +
                                   " (used after fork()): create a new engine in this process");

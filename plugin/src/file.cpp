@@ -75,10 +75,13 @@ Result<std::shared_ptr<FileRef>> open_file(const std::string& path, int fd, bool
         file->name = path.empty() ? "fd " + std::to_string(fd) : path;
         file->fd = fd;
         // The O_DIRECT reopen below goes through /proc: it must not grant what the caller's
-        // descriptor does not (a write-only fd is not readable).
-        const int fl = fcntl(fd, F_GETFL);
-        if (fl < 0) return Status::from_errno(file->name);
-        if ((fl & O_ACCMODE) == O_WRONLY) return Status(EBADF, file->name + ": opened write-only");
+        // descriptor does not (a write-only fd is not readable; plain reads find that out).
+        if (want_direct) {
+            const int fl = fcntl(fd, F_GETFL);
+            if (fl < 0) return Status::from_errno(file->name);
+            if ((fl & O_ACCMODE) == O_WRONLY)
+                return Status(EBADF, file->name + ": opened write-only");
+        }
     } else {
         file->name = path;
         // O_NONBLOCK so that a FIFO is refused below instead of blocking the open until a
@@ -106,15 +109,19 @@ Result<std::shared_ptr<FileRef>> open_file(const std::string& path, int fd, bool
     if (want_direct) {
         // Reopen through /proc for caller fds so the caller's descriptor flags stay untouched.
         std::string target = fd >= 0 ? "/proc/self/fd/" + std::to_string(fd) : path;
-        file->direct_fd = open(target.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
+        // A caller's fd reopens as the very file it holds. A path may name another file by
+        // now (renamed over): opened O_NONBLOCK (a FIFO must not block) and checked.
+        const bool by_path = fd < 0;
+        file->direct_fd = open(target.c_str(),
+                               O_RDONLY | O_DIRECT | O_CLOEXEC | (by_path ? O_NONBLOCK : 0));
         struct stat dst {};
-        if (file->direct_fd >= 0 && (fstat(file->direct_fd, &dst) != 0 || dst.st_dev != st.st_dev ||
-                                     dst.st_ino != st.st_ino)) {
-            close(file->direct_fd);  // the path now names another file: no O_DIRECT reads of it
+        if (by_path && file->direct_fd >= 0 &&
+            (fstat(file->direct_fd, &dst) != 0 || dst.st_dev != st.st_dev || dst.st_ino != st.st_ino)) {
+            close(file->direct_fd);  // no O_DIRECT reads of another file
             file->direct_fd = -1;
             errno = ESTALE;
         }
-        if (file->direct_fd >= 0) {
+        if (by_path && file->direct_fd >= 0) {
             const int fl = fcntl(file->direct_fd, F_GETFL);
             if (fl < 0 || fcntl(file->direct_fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
                 close(file->direct_fd);

@@ -140,7 +140,8 @@ private:
     std::vector<std::unique_ptr<Worker>> workers_;
     std::atomic<unsigned> next_worker_{0};
     std::atomic<uint64_t> requests_{0};
-    int owner_pid_ = 0;  ///< getpid() at create()
+    int owner_pid_ = 0;            ///< getpid() at create()
+    unsigned fork_generation_ = 0;  ///< forks seen by this process at create()
 };
 
 /// Fraction of the file at `path` in the page cache, as auto mode measures it (cachestat(2), or
