@@ -107,27 +107,10 @@ Result<std::shared_ptr<FileRef>> open_file(const std::string& path, int fd, bool
         return Status(EINVAL, file->name + ": not a regular file or block device");
     }
     if (want_direct) {
-        // Reopen through /proc for caller fds so the caller's descriptor flags stay untouched.
-        std::string target = fd >= 0 ? "/proc/self/fd/" + std::to_string(fd) : path;
-        // A caller's fd reopens as the very file it holds. A path may name another file by
-        // now (renamed over): opened O_NONBLOCK (a FIFO must not block) and checked.
-        const bool by_path = fd < 0;
-        file->direct_fd = open(target.c_str(),
-                               O_RDONLY | O_DIRECT | O_CLOEXEC | (by_path ? O_NONBLOCK : 0));
-        struct stat dst {};
-        if (by_path && file->direct_fd >= 0 &&
-            (fstat(file->direct_fd, &dst) != 0 || dst.st_dev != st.st_dev || dst.st_ino != st.st_ino)) {
-            close(file->direct_fd);  // no O_DIRECT reads of another file
-            file->direct_fd = -1;
-            errno = ESTALE;
-        }
-        if (by_path && file->direct_fd >= 0) {
-            const int fl = fcntl(file->direct_fd, F_GETFL);
-            if (fl < 0 || fcntl(file->direct_fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
-                close(file->direct_fd);
-                file->direct_fd = -1;
-            }
-        }
+        // Reopen through /proc: the very file already opened and checked above (a path may
+        // name another one by now), and a caller's descriptor flags stay untouched.
+        const std::string target = "/proc/self/fd/" + std::to_string(file->fd);
+        file->direct_fd = open(target.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
         if (file->direct_fd < 0) {
             file->direct_error = errno;
         } else {

@@ -73,8 +73,7 @@ void set_source(ReadExtent& e, const py::handle& src) {
         const long long v = PyLong_AsLongLong(src.ptr());
         if (v == -1 && PyErr_Occurred()) PyErr_Clear();
         if (v < 0 || v > INT_MAX) throw py::value_error("file descriptor must be 0.." + std::to_string(INT_MAX));
-        const int fd = static_cast<int>(v);
-        e.fd = fd;
+        e.fd = static_cast<int>(v);
         return;
     }
     py::module_ os = py::module_::import("os");
@@ -110,12 +109,9 @@ struct PyReadHandle {
 #else
         const bool finalizing = _Py_IsFinalizing();
 #endif
-        if (!finalizing && PyGILState_Check()) {
-            py::gil_scoped_release release;
-            (void)handle.wait();
-        } else {
-            (void)handle.wait();
-        }
+        std::optional<py::gil_scoped_release> release;  // let other Python threads run
+        if (!finalizing && PyGILState_Check()) release.emplace();
+        (void)handle.wait();
     }
 
     uint64_t wait(std::optional<double> timeout) {

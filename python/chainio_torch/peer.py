@@ -16,6 +16,7 @@ So seeders meant to share a load need identical copies with their mtimes kept (`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -234,9 +235,21 @@ class Remote:
                          buf)
 
 
-def _part_name(path: str) -> str:
-    """A temporary name next to ``path``, private to this process and thread."""
-    return f"{path}.part-{os.getpid()}-{threading.get_ident()}"
+@contextlib.contextmanager
+def _written_atomically(path: str):
+    """A temporary name next to ``path``, private to this process and thread, to write to:
+    renamed to ``path`` when the block ends, removed when it raises. The name only ever holds a
+    complete file."""
+    tmp = f"{path}.part-{os.getpid()}-{threading.get_ident()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _keep_mtime(path: str, mtime_ns: int) -> None:
@@ -250,14 +263,13 @@ def write_cached(path: str, prefix: bytes, header, buf: torch.Tensor) -> None:
     with O_DIRECT straight from ``buf`` (no copy, no page cache), the unaligned head and tail
     buffered; then fsync and rename, so that the name only ever holds a complete file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = _part_name(path)
     shift, start = header.shift, header.data_offset - header.shift  # start is 4 KiB-aligned
     if shift:  # the header's last bytes go just before the data: one aligned region
         buf[:shift].copy_(torch.frombuffer(bytearray(prefix[start:]), dtype=torch.uint8))
     bulk = (shift + header.data_bytes) // _ALIGN * _ALIGN
     arr = buf.numpy()
     try:
-        with open(tmp, "wb") as f:
+        with _written_atomically(path) as tmp, open(tmp, "wb") as f:
             f.write(prefix[:start])
             f.flush()
             if bulk:
@@ -276,14 +288,9 @@ def write_cached(path: str, prefix: bytes, header, buf: torch.Tensor) -> None:
             f.write(memoryview(arr[bulk:shift + header.data_bytes]))
             f.flush()
             os.fsync(f.fileno())
-        _keep_mtime(tmp, header.stat[3])
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError) and e.filename is None:  # ENOSPC & co. name no file
+            _keep_mtime(tmp, header.stat[3])
+    except OSError as e:
+        if e.filename is None:  # ENOSPC & co. name no file
             raise OSError(e.errno, f"caching {path}: {e.strerror}") from None
         raise
 
@@ -308,18 +315,10 @@ def copy_small(remote: Remote, cache_dir: str, name: str) -> None:
     data = remote.read_bytes(name, 0, size)
     dest = os.path.join(cache_dir, name)
     os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-    tmp = _part_name(dest)
-    try:
+    with _written_atomically(dest) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
         _keep_mtime(tmp, mtime)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def mark_complete(cache_dir: str, directory: str, files: List[str]) -> None:
